@@ -1,0 +1,2 @@
+"""CLI commands, one module per area; importing a module registers its commands."""
+from . import core  # noqa: F401

@@ -1,0 +1,149 @@
+"""The CLI's commands, one function each (registered with graphcnn.cli.command)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..api import check_spec, load_spec
+from ..cli import command, configure, existing_file, out, print_json
+from ..errors import RunError
+
+
+def _spec_arg(p):
+    p.add_argument("spec", help="a spec YAML file")
+
+
+@command("check", "validate a spec: wiring, shapes, parameter counts")
+def cmd_check(args) -> int:
+    checked = check_spec(args.spec)
+    for warning in checked.warnings:
+        out(warning)
+    out(f"{args.spec}: ok: {len(checked.nodes)} nodes, {checked.total_params:,} parameters, "
+        f"output {', '.join(_shape(checked, o) for o in checked.outputs)}")
+    return 0
+
+
+configure(cmd_check)(_spec_arg)
+
+
+def _shape(checked, name):
+    from ..layers import fmt_shape
+    return f"{name} {fmt_shape(checked.shape_of(name))}"
+
+
+@command("summary", "print the layer table: shapes, parameters, MACs, receptive fields")
+def cmd_summary(args) -> int:
+    from ..summary import as_json, render
+
+    checked = check_spec(args.spec)
+    if args.json:
+        print_json(as_json(checked))
+    else:
+        out(render(checked, depth=args.depth))
+    return 0
+
+
+@configure(cmd_summary)
+def _summary_args(p):
+    _spec_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--depth", type=int, default=None, help="fold block instances below K levels")
+
+
+@command("compile", "lower a spec to an ONNX model")
+def cmd_compile(args) -> int:
+    from ..lower.inference import lower
+    from ..lower.save import save_model
+
+    spec = load_spec(args.spec)
+    checked = check_spec(spec)
+    model = lower(checked, seed=args.seed, opset=args.opset, batch=args.batch,
+                  spec_text=spec.to_yaml())
+    save_model(model, args.output)
+    out(f"wrote {args.output}: {checked.total_params:,} parameters, opset "
+        f"{model.opset_import[0].version}, {len(model.graph.node)} ONNX nodes")
+    return 0
+
+
+@configure(cmd_compile)
+def _compile_args(p):
+    _spec_arg(p)
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: newest supported)")
+    p.add_argument("--batch", type=int, default=None, help="fix the batch size (default: dynamic N)")
+
+
+@command("run", "run a model (or a spec, compiled in memory) in onnxruntime")
+def cmd_run(args) -> int:
+    from ..runtime import random_inputs, run, session
+
+    model = _model_for_run(args.model)
+    sess = session(model, args.provider)
+    feeds = _load_inputs(args.input, sess) if args.input else random_inputs(sess, args.batch, args.seed)
+    result = run(sess, feeds)
+    for name, value in result.outputs.items():
+        out(f"{name}: shape {list(value.shape)}, dtype {value.dtype}")
+    out(f"time: {result.seconds * 1000:.2f} ms on {sess.get_providers()[0]}")
+    if args.output:
+        _save_outputs(args.output, result.outputs)
+    return 0
+
+
+@configure(cmd_run)
+def _run_args(p):
+    p.add_argument("model", help="a .onnx model or a spec .yaml")
+    p.add_argument("--input", help=".npy (one input) or .npz (by input name)")
+    p.add_argument("--output", help=".npy (one output) or .npz (all outputs)")
+    p.add_argument("--batch", type=int, default=1, help="batch of the random input (default 1)")
+    p.add_argument("--provider", default="cpu", help="cpu, cuda, or a full provider name")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random input")
+
+
+def _model_for_run(path: str):
+    from ..modelio import load_model
+    from ..api import compile_spec
+
+    if path.endswith((".yaml", ".yml")):
+        return compile_spec(path)
+    return load_model(existing_file(path))
+
+
+def _load_inputs(path: str, sess) -> dict:
+    try:
+        data = np.load(existing_file(path), allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise RunError(f"cannot read input file {path}: {exc}") from None
+    names = [i.name for i in sess.get_inputs()]
+    if isinstance(data, np.ndarray):
+        if len(names) != 1:
+            raise RunError("the model has several inputs; give an .npz keyed by name",
+                           expected=", ".join(names))
+        return {names[0]: data.astype(np.float32)}
+    return {k: data[k].astype(np.float32) for k in data.files}
+
+
+def _save_outputs(path: str, outputs: dict) -> None:
+    from ..fileio import write_atomic
+
+    if path.endswith(".npz"):
+        write_atomic(path, lambda p: np.savez(open(p, "wb"), **outputs))
+    elif len(outputs) == 1:
+        write_atomic(path, lambda p: np.save(open(p, "wb"), next(iter(outputs.values()))))
+    else:
+        raise RunError("the model has several outputs; use an .npz output file",
+                       received=path)
+    out(f"wrote {path}")
+
+
+@command("schema", "print the JSON Schema of the spec language")
+def cmd_schema(args) -> int:
+    from ..spec.schema import json_schema
+
+    out(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+configure(cmd_schema)(lambda p: None)

@@ -1,0 +1,170 @@
+"""Nodes that join branches: the chapter's three kinds of skip connection.
+
+- add (residual): h = x + f[x]. All inputs must have one shape. With `project`, the last input
+  (the skip) first goes through a 1x1 conv (stride chosen so the sizes meet; `conv_bn` adds a
+  batchnorm), the ResNet projection shortcut: C_skip * C_out (+ 2 C_out) parameters.
+- concat: inputs joined on the channel axis (DenseNet, U-Net); spatial sizes must agree.
+- highway: y = H(x) * T(x) + x * C(x), T = sigmoid(W_T x + b_T), C = 1 - T (`carry: coupled`)
+  or C = sigmoid(W_C x + b_C) (`carry: learned`). Inputs: [H(x), x]. W is a linear map for flat
+  inputs and a `gate_kernel` conv with same padding otherwise: C*C*prod(k) + C per gate.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import ClassVar, Literal
+
+from ..errors import ShapeError
+from .base import Layer, Param, Shape, Window, fmt_shape, product, register
+from .spatial import onnx_pads, resolve_pads
+
+
+class Merge(Layer):
+    arity: ClassVar[tuple[int, int | None]] = (2, None)
+    skip: str | list[str] | None = None
+
+    def wiring(self, previous: str | None) -> list[str]:
+        extra = [self.skip] if isinstance(self.skip, str) else list(self.skip or [])
+        return super().wiring(previous) + extra
+
+    def window(self, shapes: list[Shape]) -> Window:
+        return super().window(shapes[:1])
+
+
+@register
+class Add(Merge):
+    """Residual sum h = x + f[x] of equally shaped inputs (optionally projecting the skip)."""
+    op: Literal["add"] = "add"
+    skip_kind: ClassVar[str] = "residual"
+    project: Literal[False, True, "conv", "conv_bn"] = False
+
+    @property
+    def projection(self) -> str | None:
+        return "conv" if self.project is True else (self.project or None)
+
+    def infer(self, shapes: list[Shape]) -> Shape:
+        if self.projection:
+            shapes = shapes[:-1] + [self.projected(shapes[0], shapes[-1])]
+        for shape in shapes[1:]:
+            if shape != shapes[0]:
+                hint = "" if self.projection else "add `project: conv_bn` (or a 1x1 conv) on the skip"
+                raise ShapeError("residual inputs disagree",
+                                 expected=f"every input shaped {fmt_shape(shapes[0])}",
+                                 received=" vs ".join(map(fmt_shape, shapes)), hint=hint or None)
+        return shapes[0]
+
+    def strides(self, main: Shape, skip: Shape) -> list[int]:
+        return [max(1, -(-s // m)) for m, s in zip(main[1:], skip[1:])]
+
+    def projected(self, main: Shape, skip: Shape) -> Shape:
+        if len(main) != len(skip):
+            raise ShapeError("residual inputs differ in rank", received=f"{fmt_shape(main)} "
+                             f"vs skip {fmt_shape(skip)}")
+        sizes = [(s - 1) // st + 1 for s, st in zip(skip[1:], self.strides(main, skip))]
+        return (main[0], *sizes)
+
+    def params(self, shapes: list[Shape]) -> dict[str, Param]:
+        if not self.projection:
+            return {}
+        c_out, c_in = shapes[0][0], shapes[-1][0]
+        out = {"project.weight": Param((c_out, c_in, *([1] * (len(shapes[0]) - 1))), "he", c_in)}
+        if self.projection == "conv_bn":
+            out.update({"project.bn.weight": Param((c_out,), "ones"),
+                        "project.bn.bias": Param((c_out,)),
+                        "project.bn.running_mean": Param((c_out,), trainable=False),
+                        "project.bn.running_var": Param((c_out,), "ones", trainable=False)})
+        return out
+
+    def macs(self, shapes, out) -> int:
+        return product(out) * shapes[-1][0] if self.projection else 0
+
+    def lower(self, g, xs, shapes, out):
+        xs = list(xs)
+        if self.projection:
+            xs[-1] = self.lower_projection(g, xs[-1], shapes[0], shapes[-1])
+        return g.op("Add", xs) if len(xs) == 2 else g.op("Sum", xs)
+
+    def lower_projection(self, g, skip: str, main: Shape, skip_shape: Shape) -> str:
+        rank = len(main) - 1
+        y = g.op("Conv", [skip, g.param("project.weight")], kernel_shape=[1] * rank,
+                 strides=self.strides(main, skip_shape), pads=[0] * (2 * rank))
+        if self.projection == "conv_bn":
+            names = ["weight", "bias", "running_mean", "running_var"]
+            y = g.op("BatchNormalization", [y, *(g.param(f"project.bn.{n}") for n in names)],
+                     epsilon=1e-5)
+        return y
+
+
+@register
+class Concat(Merge):
+    """Inputs joined on the channel axis; spatial sizes must agree."""
+    op: Literal["concat"] = "concat"
+    skip_kind: ClassVar[str] = "concat"
+
+    def infer(self, shapes: list[Shape]) -> Shape:
+        first = shapes[0]
+        for shape in shapes[1:]:
+            if len(shape) != len(first) or shape[1:] != first[1:]:
+                raise ShapeError("concat inputs disagree on their spatial size",
+                                 expected=f"every input shaped [N, *{list(first[1:])}]",
+                                 received=" vs ".join(map(fmt_shape, shapes)),
+                                 hint="crop the larger input (op: crop) or pad the smaller")
+        return (sum(s[0] for s in shapes), *first[1:])
+
+    def lower(self, g, xs, shapes, out):
+        return g.op("Concat", list(xs), axis=1)
+
+
+@register
+class Highway(Merge):
+    """y = H(x) * T(x) + x * C(x) with inputs [H(x), x] (H from the previous node, x from `skip`)."""
+    op: Literal["highway"] = "highway"
+    skip_kind: ClassVar[str] = "highway"
+    arity: ClassVar[tuple[int, int | None]] = (2, 2)
+    carry: Literal["coupled", "learned"] = "coupled"
+    gate_kernel: int = 1
+    gate_bias: float = -1.0  # Srivastava et al. start the transform gate mostly closed
+
+    def gates(self) -> list[str]:
+        return ["transform", "carry"] if self.carry == "learned" else ["transform"]
+
+    def infer(self, shapes: list[Shape]) -> Shape:
+        h, x = shapes
+        if h != x:
+            raise ShapeError("highway needs H(x) shaped like x",
+                             expected=fmt_shape(x), received=fmt_shape(h),
+                             rule="y = H(x) * T(x) + x * C(x) is elementwise")
+        return x
+
+    def params(self, shapes: list[Shape]) -> dict[str, Param]:
+        x = shapes[1]
+        kernel = [self.gate_kernel] * (len(x) - 1)
+        fan_in = x[0] * product(kernel)
+        out = {}
+        for gate in self.gates():
+            out[f"{gate}.weight"] = Param((x[0], x[0], *kernel), "he", fan_in)
+            out[f"{gate}.bias"] = Param((x[0],), self.gate_bias if gate == "transform" else 0.0)
+        return out
+
+    def macs(self, shapes, out) -> int:
+        return len(self.gates()) * product(out) * shapes[1][0] * self.gate_kernel ** (len(out) - 1)
+
+    def window(self, shapes: list[Shape]) -> Window:
+        rank = len(shapes[1]) - 1
+        return Window((self.gate_kernel,) * rank, (Fraction(1),) * rank)
+
+    def lower(self, g, xs, shapes, out):
+        h, x = xs
+        t = g.op("Sigmoid", [self.lower_gate(g, "transform", x, shapes[1])])
+        if self.carry == "learned":
+            c = g.op("Sigmoid", [self.lower_gate(g, "carry", x, shapes[1])])
+        else:
+            c = g.op("Sub", [g.scalar(1.0), t])
+        return g.op("Add", [g.op("Mul", [h, t]), g.op("Mul", [x, c])])
+
+    def lower_gate(self, g, gate: str, x: str, shape: Shape) -> str:
+        w, b = g.param(f"{gate}.weight"), g.param(f"{gate}.bias")
+        if len(shape) == 1:
+            return g.op("Gemm", [x, w, b], transB=1)
+        k = [self.gate_kernel] * (len(shape) - 1)
+        pads = resolve_pads("same", shape[1:], k, [1] * len(k), [1] * len(k))
+        return g.op("Conv", [x, w, b], kernel_shape=k, pads=onnx_pads(pads))

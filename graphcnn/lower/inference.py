@@ -1,0 +1,109 @@
+"""CheckedGraph -> ONNX ModelProto for inference."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .. import __version__
+from ..errors import CompileError, GraphCnnError
+from ..graph import CheckedGraph
+from ..layers import Shape
+from .emitter import Emitter
+from .init import initial_value
+from .opset import choose_opset
+
+
+def lower(checked: CheckedGraph, *, seed: int = 0, opset: int | None = None,
+          batch: int | None = None, weights: Mapping[str, np.ndarray] | None = None,
+          spec_text: str | None = None) -> onnx.ModelProto:
+    """An inference model: every value named from the spec, every intermediate with value_info."""
+    version = choose_opset(opset)
+    if batch is not None and batch < 1:
+        raise CompileError("batch must be at least 1", received=str(batch))
+    g = emit_nodes(checked)
+    dim = batch if batch is not None else "N"
+    inputs = [value_info(n, s, dim) for n, s in checked.inputs.items()]
+    outputs = [value_info(o, checked.shape_of(o), dim) for o in checked.outputs]
+    params = parameter_tensors(checked, seed, weights)
+    shapes = [value_info(n.id, n.shape, dim) for n in checked.nodes if n.id not in checked.outputs]
+    graph = helper.make_graph(g.nodes, checked.name, inputs, outputs,
+                              initializer=list(g.constants.values()) + params, value_info=shapes)
+    model = make_model(graph, version)
+    add_intermediate_shapes(model, checked, dim)
+    meta = {"graphcnn_version": __version__, "seed": str(seed)}
+    if spec_text is not None:
+        meta["graphcnn_spec"] = spec_text
+    helper.set_model_props(model, meta)
+    return model
+
+
+def emit_nodes(checked: CheckedGraph) -> Emitter:
+    g = Emitter()
+    for node in checked.nodes:
+        g.begin(node.id)
+        try:
+            result = node.layer.lower(g, list(node.inputs), list(node.in_shapes), node.shape)
+        except GraphCnnError as exc:
+            raise exc.at(node.loc, node.id, node.via) from None
+        g.finish(result)
+    return g
+
+
+def make_model(graph: onnx.GraphProto, version: int) -> onnx.ModelProto:
+    opsets = [helper.make_opsetid("", version)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="graphcnn",
+                              producer_version=__version__)
+    model.ir_version = helper.find_min_ir_version_for(opsets)
+    return model
+
+
+def value_info(name: str, shape: Shape, dim) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [dim, *shape])
+
+
+def parameter_tensors(checked: CheckedGraph, seed: int,
+                      weights: Mapping[str, np.ndarray] | None) -> list[TensorProto]:
+    tensors = []
+    for node in checked.nodes:
+        for pname, param in node.params.items():
+            name = f"{node.id}.{pname}"
+            if weights is not None and name in weights:
+                values = np.asarray(weights[name], dtype=np.float32)
+            else:
+                values = initial_value(name, param, seed)
+            tensors.append(numpy_helper.from_array(values, name))
+    return tensors
+
+
+def add_intermediate_shapes(model: onnx.ModelProto, checked: CheckedGraph, dim) -> None:
+    """value_info for the values inside a node (pads, gates), from ONNX shape inference run on
+    a weightless copy; node results must agree with our own shapes or it is a bug of ours."""
+    light = weightless_copy(model)
+    inferred = onnx.shape_inference.infer_shapes(light, strict_mode=True, data_prop=True)
+    known = {v.name for v in model.graph.value_info} | {o.name for o in model.graph.output}
+    for vi in inferred.graph.value_info:
+        if vi.name not in known:
+            model.graph.value_info.append(vi)
+    ours = {n.id: [dim, *n.shape] for n in checked.nodes}
+    for vi in inferred.graph.value_info:
+        if vi.name in ours:
+            theirs = [d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim]
+            if theirs != ours[vi.name]:
+                raise AssertionError(f"{vi.name}: graphcnn shape {ours[vi.name]} != ONNX {theirs}")
+
+
+def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with float weights declared as typed inputs instead of stored: cheap to copy,
+    and enough for shape inference and the checker."""
+    graph = model.graph
+    small = [t for t in graph.initializer if t.data_type == TensorProto.INT64]
+    decls = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+             for t in graph.initializer if t.data_type != TensorProto.INT64]
+    g = helper.make_graph(graph.node, graph.name, list(graph.input) + decls, graph.output,
+                          initializer=small, value_info=graph.value_info)
+    light = helper.make_model(g, opset_imports=model.opset_import)
+    light.ir_version = model.ir_version
+    return light

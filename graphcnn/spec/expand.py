@@ -1,0 +1,217 @@
+"""Block expansion: a NetworkSpec becomes a flat list of nodes with hierarchical ids.
+
+A block call `{id: stage3, block: bottleneck, repeat: 36, args: {...}, first: {...}}` makes
+instances stage3.block0 ... stage3.block35 (just `stage3` when repeat is 1). Inside a block,
+a string field that is an integer expression over the block's params (`width * 4`) is evaluated;
+names of the block's inputs and nodes are references and are left alone. Node ids become
+`stage3.block12.conv2`; `stage3.block12` and `stage3` refer to the output of the instance and
+of the last instance.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from ..errors import GraphCnnError, Location, SpecError
+from ..layers import Layer
+from .exprs import substitute
+from .model import BlockCall, BlockDef, NetworkSpec, Node, check_op, validation_error
+from .yamlio import LocatedData, load_yaml, read_text
+
+MAX_BLOCK_DEPTH = 16
+MAX_NODES = 100_000
+_node_adapter = TypeAdapter(Node)
+
+
+@dataclass(frozen=True)
+class FlatNode:
+    """One layer after expansion, with its resolved input ids and where it was written."""
+
+    id: str
+    layer: Layer
+    inputs: tuple[str, ...]
+    index: int
+    loc: Location | None = None
+    via: tuple[Location, ...] = ()
+    scope: tuple[str, ...] = ()  # enclosing block instances, outermost first
+
+
+@dataclass
+class FlatSpec:
+    name: str
+    inputs: dict[str, tuple]
+    nodes: list[FlatNode]
+    outputs: list[str]
+    aliases: dict[str, str] = field(default_factory=dict)
+    output_locs: dict[str, Location | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a block's text lives, for error locations."""
+
+    located: LocatedData | None
+    prefix: tuple
+
+
+def flatten(spec: NetworkSpec) -> FlatSpec:
+    """Expand every block call of `spec` into plain nodes."""
+    blocks = dict(load_imports(spec))
+    for name, block in spec.blocks.items():
+        blocks[name] = (block, _Source(spec._source, ("blocks", name)))
+    ex = _Expander(blocks)
+    first_input = next(iter(spec.inputs))
+    top = _Source(spec._source, ())
+    ex.expand(list(spec.nodes), top, ("nodes",), scope=(), names={}, previous=first_input, via=())
+    nodes = [replace(n, inputs=tuple(ex.alias(i) for i in n.inputs)) for n in ex.nodes]
+    outputs = [ex.alias(o) for o in spec.outputs] if spec.outputs else [nodes[-1].id]
+    locs = {o: spec.location(("outputs", i)) for i, o in enumerate(outputs)}
+    return FlatSpec(spec.name, {k: tuple(v) for k, v in spec.inputs.items()}, nodes,
+                    outputs, ex.aliases, locs)
+
+
+def load_imports(spec: NetworkSpec) -> dict[str, tuple[BlockDef, _Source]]:
+    """Blocks from the files in `imports`, resolved against the spec's folder."""
+    base = spec._path.parent if spec._path else Path(".")
+    found: dict[str, tuple[BlockDef, _Source]] = {}
+    for i, name in enumerate(spec.imports):
+        path = base / name
+        if not path.is_file():
+            raise SpecError(f"imported block file '{name}' not found", loc=spec.location(("imports", i)),
+                            expected=f"a file at {path}")
+        located = load_yaml(read_text(path), str(path))
+        raw = located.data.get("blocks") if isinstance(located.data, dict) else None
+        if not isinstance(raw, dict) or set(located.data) - {"blocks"}:
+            raise SpecError("a block library holds one key, 'blocks'", loc=located.loc(()))
+        for bname, bdata in raw.items():
+            found[bname] = (_validate_block(bdata, located, ("blocks", bname)), _Source(located, ("blocks", bname)))
+    return found
+
+
+def _validate_block(data: Any, located: LocatedData, prefix: tuple) -> BlockDef:
+    try:
+        return BlockDef.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, located, prefix) from None
+
+
+class _Expander:
+    def __init__(self, blocks: dict[str, tuple[BlockDef, _Source]]):
+        self.blocks, self.nodes, self.aliases = blocks, [], {}
+        self.counts: dict[str, int] = {}
+
+    def expand(self, items: list, source: _Source, path: tuple, scope: tuple, names: dict,
+               previous: str, via: tuple) -> str:
+        """Expand `items` (Layer or BlockCall) in one scope; returns the last output id."""
+        prefix = scope[-1] + "." if scope else ""
+        local_ids = self.local_ids(items)
+        local = set(local_ids)
+
+        def resolve(name: str) -> str:  # block inputs, then this scope's ids, then global names
+            return names.get(name) or (prefix + name if name in local else name)
+
+        for i, item in enumerate(items):
+            loc = source.located.loc(source.prefix + path + (i,)) if source.located else None
+            node_id = prefix + local_ids[i]
+            if isinstance(item, BlockCall):
+                previous = self.call(item, node_id, resolve, previous, scope, loc, via)
+            else:
+                inputs = tuple(resolve(n) for n in item.wiring(previous))
+                self.add(FlatNode(node_id, item, inputs, len(self.nodes), loc, via, scope))
+                previous = node_id
+        return previous
+
+    def alias(self, name: str) -> str:
+        """Follow block-instance names (`stage3`, `stage3.block2`) to the node they stand for."""
+        for _ in range(MAX_BLOCK_DEPTH + 1):
+            if name not in self.aliases:
+                return name
+            name = self.aliases[name]
+        return name
+
+    def local_ids(self, items: list) -> list[str]:
+        """Explicit ids, and generated ones (`relu_3`) for nodes without one."""
+        taken = {it.id for it in items if it.id}
+        counts: dict[str, int] = {}
+        out = []
+        for it in items:
+            if it.id:
+                out.append(it.id)
+                continue
+            op = it.op_name
+            n = counts.get(op, 0) + 1
+            while f"{op}_{n}" in taken:
+                n += 1
+            counts[op] = n
+            out.append(f"{op}_{n}")
+        return out
+
+    def add(self, node: FlatNode) -> None:
+        if len(self.nodes) >= MAX_NODES:
+            raise SpecError("the spec expands to too many nodes", loc=node.loc, node=node.id,
+                            expected=f"at most {MAX_NODES:,}", via=node.via)
+        self.nodes.append(node)
+
+    def call(self, item: BlockCall, call_id: str, resolve, previous: str, scope: tuple,
+             loc: Location | None, via: tuple) -> str:
+        if item.block not in self.blocks:
+            from ..errors import nearest
+            raise SpecError(f"unknown block '{item.block}'" + (f"; {nearest(item.block, self.blocks)}"
+                            if nearest(item.block, self.blocks) else ""), loc=loc, node=call_id,
+                            expected="one of: " + ", ".join(sorted(self.blocks)) if self.blocks else "a block defined under 'blocks' or imported")
+        if len(scope) >= MAX_BLOCK_DEPTH:
+            raise SpecError("blocks nest too deeply (does a block use itself?)", loc=loc,
+                            node=call_id, expected=f"at most {MAX_BLOCK_DEPTH} levels")
+        block, source = self.blocks[item.block]
+        repeat = self.count(item, call_id, loc)
+        inputs = [resolve(n) for n in (item.inputs or [previous])]
+        outer = scope + ((call_id,) if repeat > 1 else ())  # `stage3` folds its instances
+        for k in range(repeat):
+            inst = call_id if repeat == 1 else f"{call_id}.block{k}"
+            args = {**item.args, **(item.first if k == 0 else {})}
+            out = self.instance(block, source, inst, args, inputs, outer, via + ((loc,) if loc else ()), item, loc)
+            self.aliases[inst] = out
+            inputs = [out]
+        self.aliases[call_id] = inputs[0]
+        return inputs[0]
+
+    def count(self, item: BlockCall, call_id: str, loc) -> int:
+        repeat = substitute(item.repeat, {}) if isinstance(item.repeat, str) else item.repeat
+        if not isinstance(repeat, int) or not 1 <= repeat <= MAX_NODES:
+            raise SpecError("repeat must be a positive integer", loc=loc, node=call_id,
+                            received=repr(item.repeat))
+        return repeat
+
+    def instance(self, block: BlockDef, source: _Source, inst: str, args: dict, inputs: list[str],
+                 scope: tuple, via: tuple, item: BlockCall, loc) -> str:
+        unknown = set(args) - set(block.params)
+        if unknown:
+            raise SpecError(f"block '{item.block}' has no parameter '{sorted(unknown)[0]}'", loc=loc,
+                            node=inst, expected="one of: " + ", ".join(block.params))
+        if len(inputs) != len(block.inputs):
+            raise SpecError(f"block '{item.block}' takes {len(block.inputs)} inputs", loc=loc,
+                            node=inst, received=f"{len(inputs)}: {inputs}")
+        values = {**block.params, **args}
+        items = [self.validate(raw, values, source, j, inst, via) for j, raw in enumerate(block.nodes)]
+        names = dict(zip(block.inputs, inputs))
+        last = self.expand(items, source, ("nodes",), scope + (inst,), names, inputs[0], via)
+        if block.outputs:
+            return f"{inst}.{block.outputs[0]}"
+        return last
+
+    def validate(self, raw: Any, values: dict, source: _Source, j: int, inst: str, via: tuple):
+        """Substitute the block's parameters into one raw node and validate it."""
+        path = source.prefix + ("nodes", j)
+        located = source.located
+        try:
+            check_op(raw, located, path)
+            return _node_adapter.validate_python(substitute(raw, values))
+        except ValidationError as exc:
+            err = validation_error(exc, located, path)
+            err.node = f"{inst}.{err.node}" if err.node else inst
+            raise err.at(None, None, via) from None
+        except GraphCnnError as exc:
+            raise exc.at(located.loc(path) if located else None, inst, via) from None

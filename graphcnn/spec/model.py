@@ -1,0 +1,247 @@
+"""The spec language as pydantic models: NetworkSpec and its node union, built from the registry."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
+                      ValidationError, field_validator)
+
+from ..errors import Location, SpecError, nearest
+from ..layers import REGISTRY, Layer
+from .yamlio import LocatedData, load_yaml, read_text
+
+Dim = Union[int, str]
+
+
+class BlockCall(BaseModel):
+    """Instantiate a named block `repeat` times; `args` fill its parameters, `first` overrides
+    them for the first instance (the usual stride-2 / projection block of a ResNet stage)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str
+    block: str
+    repeat: int | str = 1
+    args: dict[str, Any] = {}
+    first: dict[str, Any] = {}
+    inputs: list[str] | None = None
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _one_input_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class BlockDef(BaseModel):
+    """A parametrised sub-graph. Its nodes are validated when instantiated, after `params` are
+    substituted, so fields may hold integer expressions such as `width * 4`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    params: dict[str, Any] = {}
+    inputs: list[str] = ["x"]
+    nodes: list[dict[str, Any]]
+    outputs: list[str] | None = None
+
+
+def _node_tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "block" if "block" in value else value.get("op")
+    return "block" if isinstance(value, BlockCall) else getattr(value, "op", None)
+
+
+def _node_union():
+    tagged = [Annotated[cls, Tag(op)] for op, cls in REGISTRY.items()]
+    return Annotated[Union[tuple(tagged + [Annotated[BlockCall, Tag("block")]])],
+                     Discriminator(_node_tag)]
+
+
+Node = _node_union()
+
+
+class NetworkSpec(BaseModel):
+    """A network: named inputs (shapes without the batch, channels first), nodes, outputs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    inputs: dict[str, list[Dim]]
+    nodes: list[Node] = Field(min_length=1)
+    outputs: list[str] | None = None
+    blocks: dict[str, BlockDef] = {}
+    imports: list[str] = []
+    training: dict[str, Any] | None = None
+
+    _source: LocatedData | None = PrivateAttr(default=None)
+    _path: Path | None = PrivateAttr(default=None)
+
+    @field_validator("inputs")
+    @classmethod
+    def _shapes_positive(cls, inputs: dict[str, list[Dim]]) -> dict[str, list[Dim]]:
+        for name, shape in inputs.items():
+            if not 2 <= len(shape) + 1 <= 5:
+                raise ValueError(f"input '{name}' needs [F], [C, L], [C, H, W] or [C, D, H, W] "
+                                 f"(the batch is left out); received {shape}")
+            if any(isinstance(d, int) and d < 1 for d in shape):
+                raise ValueError(f"input '{name}' sizes must be at least 1; received {shape}")
+        return inputs
+
+    @classmethod
+    def from_yaml(cls, source: str | Path, *, text: str | None = None) -> "NetworkSpec":
+        """Load from a file path, or from `text` (then `source` names it in errors)."""
+        if text is None:
+            text = read_text(source)
+        located = load_yaml(text, str(source) if source is not None else None)
+        spec = parse_located(cls, located)
+        spec._path = Path(source) if text is not None and source and Path(str(source)).exists() else None
+        return spec
+
+    @classmethod
+    def from_text(cls, text: str, name: str = "<spec>") -> "NetworkSpec":
+        return parse_located(cls, load_yaml(text, name))
+
+    def location(self, path: tuple) -> Location | None:
+        return self._source.loc(path) if self._source else None
+
+    def to_dict(self) -> dict:
+        """Plain data with defaults left out and every node's `op` first."""
+        data = self.model_dump(exclude_defaults=True, exclude={"nodes"})
+        data["nodes"] = [node_to_dict(n) for n in self.nodes]
+        order = ["name", "imports", "inputs", "blocks", "nodes", "outputs", "training"]
+        return {k: data[k] for k in order if k in data}
+
+    def to_yaml(self) -> str:
+        return dump_yaml(self.to_dict())
+
+
+def node_to_dict(node: Layer | BlockCall) -> dict:
+    data = node.model_dump(exclude_defaults=True)
+    head = {k: data.pop(k) for k in ("id", "block") if k in data}
+    if isinstance(node, Layer):
+        head["op"] = node.op_name
+        data.pop("op", None)
+    return {**head, **data}
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style at the top, one flow-style line per node: a spec stays readable."""
+
+
+def _represent_dict(dumper, data):
+    flow = all(not isinstance(v, (dict, list)) or _short(v) for v in data.values())
+    return dumper.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=flow)
+
+
+def _short(value) -> bool:
+    return isinstance(value, list) and all(not isinstance(v, (dict, list)) or _short(v) for v in value)
+
+
+_Dumper.add_representer(dict, _represent_dict)
+
+
+def dump_yaml(data: dict) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=100, default_flow_style=None)
+
+
+def parse_located(cls, located: LocatedData) -> NetworkSpec:
+    """Validate located data; every error names the file:line:col it came from."""
+    data = located.data
+    if not isinstance(data, dict):
+        raise SpecError("a spec is a mapping with name, inputs, nodes and outputs",
+                        loc=located.loc(()), received=type(data).__name__)
+    check_ops(data.get("nodes"), located)
+    try:
+        spec = cls.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, located) from None
+    spec._source = located
+    return spec
+
+
+def check_ops(nodes: Any, located: LocatedData, path: tuple = ("nodes",)) -> None:
+    """Unknown ops get their own message with the nearest known op."""
+    if isinstance(nodes, list):
+        for i, node in enumerate(nodes):
+            check_op(node, located, path + (i,))
+
+
+def check_op(node: Any, located: LocatedData | None, path: tuple) -> None:
+    if not isinstance(node, dict) or "block" in node:
+        return
+    where = located.loc if located else (lambda p: None)
+    op = node.get("op")
+    if op is None:
+        raise SpecError("node has no 'op'", loc=where(path), node=node.get("id"),
+                        expected="one of: " + ", ".join(sorted(REGISTRY)))
+    if op not in REGISTRY:
+        hint = nearest(str(op), REGISTRY)
+        raise SpecError(f"unknown op '{op}'" + (f"; {hint}" if hint else ""),
+                        loc=where(path + ("op",)), node=node.get("id"),
+                        expected="one of: " + ", ".join(sorted(REGISTRY)))
+
+
+def validation_error(exc: ValidationError, located: LocatedData | None,
+                     prefix: tuple = ()) -> SpecError:
+    """The first pydantic error, re-said with its location, node id and the known fields.
+    `prefix` is where the validated value sits in the located document."""
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    err = errors[0]
+    root = _walk(located.data, prefix) if located else None
+    rel = data_path(root, err["loc"])
+    path = prefix + rel
+    where = located.loc if located else (lambda p: None)
+    node = node_id_at(located.data, path) if located else None
+    field = str(err["loc"][-1]) if err["loc"] else ""
+    if err["type"] == "extra_forbidden":
+        known = known_fields(_walk(located.data, path[:-1]) if located else None, path[:-1])
+        hint = nearest(field, known)
+        return SpecError(f"unknown field '{field}'" + (f"; {hint}" if hint else ""),
+                         loc=where(path), node=node,
+                         expected="one of: " + ", ".join(known) if known else None)
+    received = repr(err.get("input")) if err["type"] != "missing" else "nothing"
+    name = str(path[-1]) if node is not None and path and not isinstance(path[-1], int) \
+        else ".".join(map(str, path))
+    return SpecError(f"bad value for '{name or 'spec'}': {err['msg']}", loc=where(path),
+                     node=node, received=received)
+
+
+def _walk(data: Any, path: tuple) -> Any:
+    for key in path:
+        data = data[key]
+    return data
+
+
+def data_path(data: Any, loc: tuple) -> tuple:
+    """Pydantic's error path, without the union tags that are not keys of the data."""
+    path, cur = [], data
+    for key in loc:
+        if isinstance(cur, dict) and key in cur:
+            cur = cur[key]
+        elif isinstance(cur, list) and isinstance(key, int) and key < len(cur):
+            cur = cur[key]
+        elif isinstance(cur, dict) and key not in REGISTRY and key != "block":
+            path.append(key)
+            break
+        else:
+            continue
+        path.append(key)
+    return tuple(path)
+
+
+def node_id_at(data: Any, path: tuple) -> str | None:
+    """The id of the node that `path` points into (the innermost `nodes` list)."""
+    for i in range(len(path) - 1, 0, -1):
+        if path[i - 1] == "nodes" and isinstance(path[i], int):
+            node = _walk(data, path[: i + 1])
+            return node.get("id") if isinstance(node, dict) else None
+    return None
+
+
+def known_fields(value: Any, path: tuple) -> list[str]:
+    if path == ():
+        return list(NetworkSpec.model_fields)
+    if isinstance(value, dict) and len(path) >= 2 and path[-2] == "nodes":
+        cls = BlockCall if "block" in value else REGISTRY.get(value.get("op"))
+        return [f for f in cls.model_fields if f != "op"] if cls else []
+    if isinstance(value, dict) and len(path) >= 2 and path[-2] == "blocks":
+        return list(BlockDef.model_fields)
+    return []

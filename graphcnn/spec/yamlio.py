@@ -1,0 +1,112 @@
+"""Safe YAML loading that remembers where every value came from.
+
+We compose YAML into its node tree with the safe loader (no Python tags), then build plain
+dicts and lists ourselves, recording `path -> Location` for every mapping key and list item.
+Building by hand also lets us refuse duplicate keys and bound alias expansion (a "billion
+laughs" document), which PyYAML's own constructor silently accepts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import Location, SpecError
+
+MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_VALUES = 200_000  # values built, aliases expanded; a billion-laughs file stops here
+MAX_DEPTH = 64
+
+Path_ = tuple[Any, ...]
+
+
+class LocatedData:
+    """Plain data from a YAML document, with the location of each path in it."""
+
+    def __init__(self, data: Any, locs: dict[Path_, Location], file: str | None):
+        self.data, self.locs, self.file = data, locs, file
+
+    def loc(self, path: Path_) -> Location | None:
+        """The location of `path`, or of its nearest ancestor that has one."""
+        path = tuple(path)
+        while path:
+            if path in self.locs:
+                return self.locs[path]
+            path = path[:-1]
+        return self.locs.get(())
+
+
+def read_text(path: str | Path, limit: int = MAX_FILE_BYTES) -> str:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise SpecError(f"spec file is {size:,} bytes", loc=Location(str(path), 1, 1),
+                            expected=f"at most {limit:,} bytes")
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read spec file: {exc}") from None
+
+
+def load_yaml(text: str, file: str | None = None) -> LocatedData:
+    """Parse YAML text into plain data and a location table; errors name file:line:col."""
+    if len(text) > MAX_FILE_BYTES:
+        raise SpecError("spec text too large", loc=Location(file, 1, 1),
+                        expected=f"at most {MAX_FILE_BYTES:,} bytes", received=f"{len(text):,}")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        loc = Location(file, mark.line + 1, mark.column + 1) if mark else None
+        raise SpecError(f"invalid YAML: {exc.problem or exc.context}", loc=loc) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"invalid YAML: {exc}", loc=Location(file, 1, 1)) from None
+    builder = _Builder(file)
+    data = builder.build(root, (), 0) if root is not None else None
+    return LocatedData(data, builder.locs, file)
+
+
+class _Builder:
+    def __init__(self, file: str | None):
+        self.file, self.locs, self.count = file, {}, 0
+        self.scalar_loader = yaml.SafeLoader("")
+
+    def where(self, node: yaml.Node) -> Location:
+        return Location(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def build(self, node: yaml.Node, path: Path_, depth: int) -> Any:
+        self.count += 1
+        if self.count > MAX_VALUES:
+            raise SpecError("YAML document expands to too many values (alias bomb?)",
+                            loc=self.where(node), expected=f"at most {MAX_VALUES:,} values")
+        if depth > MAX_DEPTH:
+            raise SpecError("YAML nesting too deep", loc=self.where(node),
+                            expected=f"at most {MAX_DEPTH} levels")
+        self.locs.setdefault(path, self.where(node))
+        if isinstance(node, yaml.MappingNode):
+            return self.mapping(node, path, depth)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
+        return self.scalar(node)
+
+    def mapping(self, node: yaml.MappingNode, path: Path_, depth: int) -> dict:
+        out: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise SpecError("YAML merge keys ('<<') are not supported", loc=self.where(key_node))
+            key = self.scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, (str, int)) or isinstance(key, bool):
+                raise SpecError("mapping keys must be plain names", loc=self.where(key_node),
+                                received=repr(key))
+            if key in out:
+                raise SpecError(f"duplicate key '{key}'", loc=self.where(key_node))
+            self.locs[path + (key,)] = self.where(key_node)
+            out[key] = self.build(value_node, path + (key,), depth + 1)
+        return out
+
+    def scalar(self, node: yaml.Node) -> Any:
+        try:
+            return self.scalar_loader.construct_object(node, deep=False)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"invalid YAML value: {exc}", loc=self.where(node)) from None
