@@ -19,14 +19,18 @@ class Row:
 
 
 def rows(checked: CheckedGraph, depth: int | None = None) -> list[Row]:
-    """One row per node, or per block instance folded at `depth` levels of the hierarchy."""
+    """One row per node, or with `depth` K, block instances below K levels folded into one row
+    (top-level nodes are level 1, like torchinfo's depth)."""
+    if depth is not None and depth < 1:
+        from .errors import GraphCnnError
+        raise GraphCnnError("--depth must be at least 1", received=str(depth))
     out: list[Row] = []
     groups: dict[str, int] = {}
     for node in checked.nodes:
-        if depth is None or len(node.scope) <= depth:
+        if depth is None or len(node.scope) < depth:
             out.append(node_row(node))
             continue
-        scope = node.scope[depth]
+        scope = node.scope[depth - 1]
         if scope not in groups:
             groups[scope] = len(out)
             out.append(Row(scope, "block", node.shape, 0, 0, str(node.rf), node.inputs))
@@ -55,7 +59,6 @@ def as_json(checked: CheckedGraph) -> dict:
 
 def render(checked: CheckedGraph, depth: int | None = None, width: int = 140) -> str:
     """The table as text (rich), totals at the bottom."""
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{checked.name}", show_footer=False, box=None, header_style="bold")
@@ -68,14 +71,22 @@ def render(checked: CheckedGraph, depth: int | None = None, width: int = 140) ->
     for row in rows(checked, depth):
         table.add_row(row.id, row.op, fmt_shape(row.shape), f"{row.params:,}", f"{row.macs:,}",
                       row.rf, ", ".join(row.inputs))
-    console = Console(width=width, record=True, file=_Null(), color_system=None)
-    console.print(table)
+    text = rich_text(table, width)
     trainable = checked.total_params
     state = sum(p.size for n in checked.nodes for p in n.params.values() if not p.trainable)
     footer = [f"Total params: {trainable:,}", f"Non-trainable state (running statistics): {state:,}",
               f"Total MACs per sample: {checked.total_macs:,}"]
     footer += list(checked.warnings)
-    return console.export_text().rstrip() + "\n" + "\n".join(footer) + "\n"
+    return text.rstrip() + "\n" + "\n".join(footer) + "\n"
+
+
+def rich_text(renderable, width: int = 140) -> str:
+    """Plain text of a rich renderable (no colour codes), whatever the terminal is."""
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=_Null(), color_system=None)
+    console.print(renderable)
+    return console.export_text()
 
 
 class _Null:

@@ -54,14 +54,21 @@ def _summary_args(p):
 
 @command("compile", "lower a spec to an ONNX model")
 def cmd_compile(args) -> int:
-    from ..lower.inference import lower
+    from ..deploy.export import ExportOptions, export
     from ..lower.save import save_model
 
     spec = load_spec(args.spec)
     checked = check_spec(spec)
-    model = lower(checked, seed=args.seed, opset=args.opset, batch=args.batch,
-                  spec_text=spec.to_yaml())
+    if args.training:
+        from .train import compile_training
+        return compile_training(args, spec, checked)
+    opts = ExportOptions(seed=args.seed, opset=args.opset, batch=args.batch, weights=args.weights,
+                         fold_bn=args.fold_bn, precision=args.precision, quantize=args.quantize,
+                         calibrate=args.calibrate)
+    model, notes = export(checked, spec.to_yaml(), opts)
     save_model(model, args.output)
+    for note in notes:
+        out(note)
     out(f"wrote {args.output}: {checked.total_params:,} parameters, opset "
         f"{model.opset_import[0].version}, {len(model.graph.node)} ONNX nodes")
     return 0
@@ -74,6 +81,13 @@ def _compile_args(p):
     p.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: newest supported)")
     p.add_argument("--batch", type=int, default=None, help="fix the batch size (default: dynamic N)")
+    p.add_argument("--training", action="store_true",
+                   help="write the training-step model (forward, loss, backward, update) instead")
+    p.add_argument("--weights", help="load weights from an .npz keyed by spec id")
+    p.add_argument("--fold-bn", action="store_true", help="fold batchnorm into the conv/linear before it")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="static QDQ quantization")
+    p.add_argument("--calibrate", default="random", help="calibration .npz (x) or 'random'")
 
 
 @command("run", "run a model (or a spec, compiled in memory) in onnxruntime")

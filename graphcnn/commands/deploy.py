@@ -1,0 +1,97 @@
+"""Deployment commands: bench and export-weights."""
+from __future__ import annotations
+
+from ..cli import command, configure, existing_file, out, print_json
+from ..errors import RunError
+
+
+@command("bench", "latency and throughput of a model (or spec) in onnxruntime; --compare another")
+def cmd_bench(args) -> int:
+    from ..deploy.bench import bench
+
+    models = [_model(args.model)] + ([_model(args.compare)] if args.compare else [])
+    batches = _batches(args.batches)
+    report = bench(models, batches, provider=args.provider, threads=args.threads,
+                   repeat=args.repeat, warmup=args.warmup)
+    rows = [[t.row() for t in per_model] for per_model in report["results"]]
+    if args.json:
+        print_json({"models": [args.model] + ([args.compare] if args.compare else []),
+                    "provider": args.provider, "results": rows,
+                    "max_abs_diff": report["max_abs_diff"]})
+        return 0
+    out(_table(args, rows, report["max_abs_diff"]))
+    return 0
+
+
+@configure(cmd_bench)
+def _bench_args(p):
+    p.add_argument("model", help="a .onnx model or a spec .yaml")
+    p.add_argument("--compare", help="a second model, run alternately in the same process")
+    p.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    p.add_argument("--provider", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all)")
+    p.add_argument("--repeat", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+
+
+def _model(path: str):
+    from ..api import compile_spec
+    from ..modelio import load_model
+
+    if path.endswith((".yaml", ".yml")):
+        return compile_spec(path)
+    return load_model(existing_file(path))
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise RunError("--batches takes positive integers separated by commas", received=text)
+    return values
+
+
+def _table(args, rows, diffs) -> str:
+    from rich.table import Table
+
+    from ..summary import rich_text
+
+    table = Table(box=None, header_style="bold")
+    for col in ["model", "batch", "min ms", "median ms", "p90 ms", "samples/s"]:
+        table.add_column(col, justify="left" if col == "model" else "right")
+    names = [args.model] + ([args.compare] if args.compare else [])
+    for name, per_model in zip(names, rows):
+        for r in per_model:
+            table.add_row(name, str(r["batch"]), f"{r['min_ms']:.3f}", f"{r['median_ms']:.3f}",
+                          f"{r['p90_ms']:.3f}", f"{r['samples_per_s']:.1f}")
+    text = rich_text(table, 120)
+    if len(rows) > 1:
+        for a, b in zip(rows[0], rows[1]):
+            text += (f"batch {a['batch']}: {names[1]} takes {b['median_ms'] / a['median_ms']:.3f}x "
+                     f"the median time of {names[0]} (speed-up {a['median_ms'] / b['median_ms']:.2f}x)"
+                     f"; largest output difference {diffs.get(a['batch'], float('nan')):.3g}\n")
+    return text
+
+
+@command("export-weights", "write a model's weights to an .npz keyed by spec id")
+def cmd_export_weights(args) -> int:
+    import numpy as np
+
+    from ..deploy.weights import model_weights
+    from ..fileio import write_atomic
+    from ..modelio import load_model
+
+    weights = model_weights(load_model(existing_file(args.model)))
+    write_atomic(args.output, lambda p: np.savez(open(p, "wb"), **weights))
+    out(f"wrote {args.output}: {len(weights)} arrays, "
+        f"{sum(w.size for w in weights.values()):,} values")
+    return 0
+
+
+@configure(cmd_export_weights)
+def _export_args(p):
+    p.add_argument("model", help="a .onnx model written by graphcnn")
+    p.add_argument("-o", "--output", required=True, help="the .npz file to write")

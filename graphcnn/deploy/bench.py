@@ -1,0 +1,59 @@
+"""Latency and throughput of ONNX models in onnxruntime, measured side by side.
+
+With two models, runs alternate (A, B, A, B, ...) inside one process so that a noisy machine
+slows both alike; the ratios are what to read, not the absolute times.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..runtime import random_inputs, session
+
+
+@dataclass
+class Timing:
+    batch: int
+    seconds: list[float] = field(default_factory=list)
+
+    def stat(self, q: float) -> float:
+        return float(np.quantile(self.seconds, q))
+
+    def row(self) -> dict:
+        median = self.stat(0.5)
+        return {"batch": self.batch, "min_ms": min(self.seconds) * 1e3, "median_ms": median * 1e3,
+                "p90_ms": self.stat(0.9) * 1e3, "samples_per_s": self.batch / median}
+
+
+def bench(models: list, batches: list[int], *, provider: str = "cpu", threads: int | None = None,
+          repeat: int = 20, warmup: int = 3, seed: int = 0) -> dict:
+    """{'results': [[Timing per batch] per model], 'max_abs_diff': {batch: float}}."""
+    sessions = [session(m, provider, threads) for m in models]
+    results = [[Timing(b) for b in batches] for _ in sessions]
+    diffs = {}
+    for bi, batch in enumerate(batches):
+        feeds = [_feeds_for(s, batch, seed) for s in sessions]
+        outs = [s.run(None, f) for s, f in zip(sessions, feeds)]
+        for _ in range(warmup):
+            for s, f in zip(sessions, feeds):
+                s.run(None, f)
+        for _ in range(repeat):
+            for si, (s, f) in enumerate(zip(sessions, feeds)):
+                start = time.perf_counter()
+                s.run(None, f)
+                results[si][bi].seconds.append(time.perf_counter() - start)
+        if len(outs) > 1:
+            diffs[batch] = max(float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+                               for a, b in zip(outs[0], outs[1]) if a.shape == b.shape)
+    return {"results": results, "max_abs_diff": diffs}
+
+
+def _feeds_for(sess, batch: int, seed: int) -> dict:
+    """Same random values for every model; cast to each model's input type (fp16 models)."""
+    feeds = random_inputs(sess, batch, seed)
+    for inp in sess.get_inputs():
+        if inp.type == "tensor(float16)":
+            feeds[inp.name] = feeds[inp.name].astype(np.float16)
+    return feeds

@@ -1,0 +1,57 @@
+"""The inference export pipeline behind `graphcnn compile`: lower, then the optional transforms
+in a fixed order (weights -> fold batchnorm -> precision or int8)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+
+from ..errors import CompileError
+from ..graph import CheckedGraph
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    seed: int = 0
+    opset: int | None = None
+    batch: int | None = None
+    weights: str | None = None       # .npz keyed by spec id
+    fold_bn: bool = False
+    precision: str = "fp32"          # fp32 | fp16 | bf16
+    quantize: str | None = None      # int8
+    calibrate: str = "random"        # .npz or 'random'
+
+
+def export(checked: CheckedGraph, spec_text: str, opts: ExportOptions) -> tuple[onnx.ModelProto, list[str]]:
+    """The model to write, and notes for the user (what each transform did)."""
+    from ..lower.inference import lower
+    from .weights import load_weights
+
+    if opts.quantize and opts.precision != "fp32":
+        raise CompileError("--quantize and --precision cannot be combined",
+                           received=f"--quantize {opts.quantize} --precision {opts.precision}")
+    weights = load_weights(opts.weights, checked) if opts.weights else None
+    opset = opts.opset
+    if opts.quantize and opset is None:
+        from .quantize import QUANT_OPSET
+
+        opset = QUANT_OPSET
+    model = lower(checked, seed=opts.seed, opset=opset, batch=opts.batch, weights=weights,
+                  spec_text=spec_text)
+    notes = [f"weights from {opts.weights}"] if weights else []
+    if opts.fold_bn or opts.quantize:  # int8 kernels want the batchnorm folded first
+        from .foldbn import fold_batchnorm
+
+        model, count = fold_batchnorm(model)
+        notes.append(f"folded {count} batchnorm(s) into the layer before them")
+    if opts.precision != "fp32":
+        from .precision import convert
+
+        model = convert(model, opts.precision)
+        notes.append(f"{opts.precision} weights; ops without a {opts.precision} CPU kernel run in fp32")
+    if opts.quantize:
+        from .quantize import calibration_data, quantize_int8
+
+        model, report = quantize_int8(model, calibration_data(opts.calibrate, model))
+        notes.append(str(report))
+    return model, notes
