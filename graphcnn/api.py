@@ -4,9 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from .graph import CheckedGraph, Limits, check
+from .graph.check import gc_paused
 from .spec import NetworkSpec
 
 
+@gc_paused()
 def load_spec(source: str | Path | NetworkSpec) -> NetworkSpec:
     """A spec from a YAML file path, or the spec itself."""
     if isinstance(source, NetworkSpec):
@@ -14,10 +16,12 @@ def load_spec(source: str | Path | NetworkSpec) -> NetworkSpec:
     return NetworkSpec.from_yaml(source)
 
 
+@gc_paused()
 def check_spec(source: str | Path | NetworkSpec, limits: Limits | None = None) -> CheckedGraph:
     return check(load_spec(source), limits)
 
 
+@gc_paused()
 def compile_spec(source, *, seed: int = 0, opset: int | None = None, batch: int | None = None,
                  weights=None):
     """Spec -> checked graph -> ONNX ModelProto (imports onnx only when called)."""

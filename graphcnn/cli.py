@@ -82,4 +82,8 @@ def existing_file(path: str) -> Path:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m graphcnn.cli`: this module is __main__, while the commands register
+    # with graphcnn.cli, so call that module's main.
+    from graphcnn.cli import main as _main
+
+    sys.exit(_main())

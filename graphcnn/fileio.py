@@ -19,6 +19,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     if not folder.is_dir():
         raise GraphCnnError(f"output folder '{folder}' does not exist", received=str(target))
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=folder)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -29,6 +30,12 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(target: str | Path, writer: Callable[[Path], None]) -> None:

@@ -54,6 +54,8 @@ class RunResult:
 
 def random_inputs(sess, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Standard-normal inputs; symbolic axes get `batch`."""
+    if batch < 1:
+        raise RunError("batch must be at least 1", received=str(batch))
     rng = np.random.default_rng(seed)
     feeds = {}
     for inp in sess.get_inputs():

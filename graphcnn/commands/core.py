@@ -7,22 +7,43 @@ from pathlib import Path
 import numpy as np
 
 from ..api import check_spec, load_spec
+from ..graph import Limits
 from ..cli import command, configure, existing_file, out, print_json
 from ..errors import RunError
 
 
 def _spec_arg(p):
     p.add_argument("spec", help="a spec YAML file")
+    p.add_argument("--max-params", type=int, default=Limits.max_total_params, metavar="N",
+                   help="refuse networks with more weights in all (default %(default)s)")
+    p.add_argument("--max-tensor", type=int, default=Limits.max_tensor_elements, metavar="N",
+                   help="refuse layer outputs with more elements per sample (default %(default)s)")
+
+
+def _limits(args) -> Limits:
+    return Limits(max_tensor_elements=args.max_tensor, max_total_params=args.max_params)
 
 
 @command("check", "validate a spec: wiring, shapes, parameter counts")
 def cmd_check(args) -> int:
-    checked = check_spec(args.spec)
+    checked = check_spec(args.spec, _limits(args))
     for warning in checked.warnings:
         out(warning)
     out(f"{args.spec}: ok: {len(checked.nodes)} nodes, {checked.total_params:,} parameters, "
         f"output {', '.join(_shape(checked, o) for o in checked.outputs)}")
+    _portability_section(checked)
     return 0
+
+
+def _portability_section(checked) -> None:
+    """The lint findings (graphcnn lint), printed only when there are some."""
+    from ..lint import lint
+
+    findings = lint(checked)
+    if findings:
+        out(f"portability: {len(findings)} finding(s) (details: graphcnn lint SPEC)")
+        for finding in findings:
+            out("  " + finding.render().splitlines()[0])
 
 
 configure(cmd_check)(_spec_arg)
@@ -37,7 +58,7 @@ def _shape(checked, name):
 def cmd_summary(args) -> int:
     from ..summary import as_json, render
 
-    checked = check_spec(args.spec)
+    checked = check_spec(args.spec, _limits(args))
     if args.json:
         print_json(as_json(checked))
     else:
@@ -58,13 +79,14 @@ def cmd_compile(args) -> int:
     from ..lower.save import save_model
 
     spec = load_spec(args.spec)
-    checked = check_spec(spec)
+    checked = check_spec(spec, _limits(args))
     if args.training:
         from .train import compile_training
         return compile_training(args, spec, checked)
     opts = ExportOptions(seed=args.seed, opset=args.opset, batch=args.batch, weights=args.weights,
                          fold_bn=args.fold_bn, precision=args.precision, quantize=args.quantize,
-                         calibrate=args.calibrate)
+                         calibrate=args.calibrate, portable=args.portable,
+                         dynamic=tuple(a for a in (args.dynamic or "").split(",") if a))
     model, notes = export(checked, spec.to_yaml(), opts)
     save_model(model, args.output)
     for note in notes:
@@ -88,6 +110,10 @@ def _compile_args(p):
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
     p.add_argument("--quantize", choices=["int8"], default=None, help="static QDQ quantization")
     p.add_argument("--calibrate", default="random", help="calibration .npz (x) or 'random'")
+    p.add_argument("--portable", action="store_true",
+                   help="rewrite constructs ONNX hosts compute differently (graphcnn lint)")
+    p.add_argument("--dynamic", default=None, metavar="AXES",
+                   help="spatial axes left symbolic in the model, e.g. H,W (see graphcnn sizes)")
 
 
 @command("run", "run a model (or a spec, compiled in memory) in onnxruntime")

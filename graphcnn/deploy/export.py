@@ -20,6 +20,8 @@ class ExportOptions:
     precision: str = "fp32"          # fp32 | fp16 | bf16
     quantize: str | None = None      # int8
     calibrate: str = "random"        # .npz or 'random'
+    portable: bool = False           # the lint rewrites (graphcnn.lint.portable)
+    dynamic: tuple[str, ...] = ()    # spatial axes exported as dim_params (graphcnn.shapes.dynamic)
 
 
 def export(checked: CheckedGraph, spec_text: str, opts: ExportOptions) -> tuple[onnx.ModelProto, list[str]]:
@@ -36,9 +38,15 @@ def export(checked: CheckedGraph, spec_text: str, opts: ExportOptions) -> tuple[
         from .quantize import QUANT_OPSET
 
         opset = QUANT_OPSET
+    plan = _dynamic_plan(checked, opts)
+    portable_notes = []
+    if opts.portable:
+        from ..lint import portable
+
+        checked, portable_notes = portable(checked)
     model = lower(checked, seed=opts.seed, opset=opset, batch=opts.batch, weights=weights,
                   spec_text=spec_text)
-    notes = [f"weights from {opts.weights}"] if weights else []
+    notes = ([f"weights from {opts.weights}"] if weights else []) + portable_notes
     if opts.fold_bn or opts.quantize:  # int8 kernels want the batchnorm folded first
         from .foldbn import fold_batchnorm
 
@@ -54,4 +62,20 @@ def export(checked: CheckedGraph, spec_text: str, opts: ExportOptions) -> tuple[
 
         model, report = quantize_int8(model, calibration_data(opts.calibrate, model))
         notes.append(str(report))
+    if plan is not None:
+        from ..shapes.dynamic import apply_dynamic
+
+        apply_dynamic(model, plan, checked)
+        notes.append(f"dynamic spatial axes: {', '.join(opts.dynamic)}")
     return model, notes
+
+
+def _dynamic_plan(checked: CheckedGraph, opts: ExportOptions):
+    """Fail before the weights are made when a node pins the input size."""
+    if not opts.dynamic:
+        return None
+    if opts.portable:
+        raise CompileError("--dynamic and --portable cannot be combined yet")
+    from ..shapes.dynamic import check_dynamic
+
+    return check_dynamic(checked, list(opts.dynamic))

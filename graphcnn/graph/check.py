@@ -6,11 +6,13 @@ into add, `concat`, `highway`) for every input after the first.
 """
 from __future__ import annotations
 
+import contextlib
 from fractions import Fraction
 
 import networkx as nx
 
-from ..errors import GraphCnnError, GraphError, SpecError, nearest
+from ..gcpause import gc_paused
+from ..errors import GraphCnnError, GraphError, ShapeError, SpecError, nearest
 from ..layers import Shape
 from ..spec import NetworkSpec
 from ..spec.expand import FlatNode, FlatSpec, flatten
@@ -18,16 +20,43 @@ from .checked import CheckedGraph, NodeInfo, ReceptiveField, receptive_field
 from .limits import Limits, check_sizes
 
 
+@gc_paused()
 def check(spec: NetworkSpec, limits: Limits | None = None) -> CheckedGraph:
     """Validate a spec completely; raise the first GraphCnnError found."""
     flat = flatten(spec)
     graph = build_graph(flat)
     order = topological(graph, flat)
-    infos = propagate(flat, order)
+    with located_at(spec.location(("inputs",))):  # input-size errors point at `inputs:`
+        flat, notes = bind_symbols(flat, order, spec)
+        try:
+            infos = propagate(flat, order)
+        except ShapeError as exc:  # an input size that does not fit: name the nearest that do
+            from ..shapes.static import explain_size
+            raise explain_size(flat, order, exc, spec) from None
     check_sizes(infos, limits or Limits())
-    warnings = unreachable(graph, flat)
+    warnings = notes + unreachable(graph, flat)
     return CheckedGraph(flat.name, dict(flat.inputs), tuple(infos), tuple(flat.outputs), graph,
                         tuple(warnings), spec)
+
+
+@contextlib.contextmanager
+def located_at(loc):
+    """Give a located place to errors raised without one (found by fuzzing: a symbolic
+    channel size was refused with no location)."""
+    try:
+        yield
+    except GraphCnnError as exc:
+        if exc.loc is None and exc.node is None:
+            raise exc.at(loc) from None
+        raise
+
+
+def bind_symbols(flat: FlatSpec, order: list[FlatNode], spec) -> tuple[FlatSpec, list[str]]:
+    """Symbolic input sizes (`[3, H, W]`) are checked at the smallest size that fits."""
+    if not any(isinstance(d, str) for shape in flat.inputs.values() for d in shape):
+        return flat, []
+    from ..shapes.static import bind_smallest
+    return bind_smallest(flat, order, spec)
 
 
 def build_graph(flat: FlatSpec) -> nx.DiGraph:
@@ -72,18 +101,16 @@ def check_arity(node: FlatNode) -> None:
 
 def topological(graph: nx.DiGraph, flat: FlatSpec) -> list[FlatNode]:
     """Layer nodes in dependency order, ties broken by spec order (deterministic)."""
-    try:
-        cycle = nx.find_cycle(graph)
-    except nx.NetworkXNoCycle:
-        cycle = None
-    if cycle:
-        ids = [u for u, _ in cycle] + [cycle[0][0]]
-        first = next(n for n in flat.nodes if n.id == cycle[0][0])
-        raise GraphError("the graph has a cycle: " + " -> ".join(ids), loc=first.loc,
-                         node=first.id, via=first.via)
     by_id = {n.id: n for n in flat.nodes}
     key = lambda n: graph.nodes[n].get("index", -1)  # noqa: E731
-    return [by_id[n] for n in nx.lexicographical_topological_sort(graph, key=key) if n in by_id]
+    try:  # sorting detects a cycle too; only then is it worth finding one to show
+        return [by_id[n] for n in nx.lexicographical_topological_sort(graph, key=key) if n in by_id]
+    except nx.NetworkXUnfeasible:
+        cycle = nx.find_cycle(graph)
+    ids = [u for u, _ in cycle] + [cycle[0][0]]
+    first = by_id[cycle[0][0]]
+    raise GraphError("the graph has a cycle: " + " -> ".join(ids), loc=first.loc,
+                     node=first.id, via=first.via)
 
 
 def propagate(flat: FlatSpec, order: list[FlatNode]) -> list[NodeInfo]:
@@ -98,17 +125,25 @@ def propagate(flat: FlatSpec, order: list[FlatNode]) -> list[NodeInfo]:
         rank = len(shape) - 1
         fields[name] = ReceptiveField((1,) * rank, (Fraction(1),) * rank)
     infos = []
+    done: dict[str, NodeInfo] = {}
     for node in order:
-        infos.append(node_info(node, shapes, fields))
+        infos.append(node_info(node, shapes, fields, done))
         shapes[node.id], fields[node.id] = infos[-1].shape, infos[-1].rf
+        done[node.id] = infos[-1]
     return infos
 
 
-def node_info(node: FlatNode, shapes: dict, fields: dict) -> NodeInfo:
+def node_info(node: FlatNode, shapes: dict, fields: dict, done: dict | None = None) -> NodeInfo:
     layer = node.layer
     in_shapes = [shapes[i] for i in node.inputs]
+    # a layer whose shape depends on more than its input shapes (maxunpool reads its pool's
+    # geometry) defines infer_with(shapes, sources): the NodeInfo of each input, None for inputs
+    infer_with = getattr(layer, "infer_with", None)
     try:
-        out = tuple(layer.infer(in_shapes))
+        if infer_with is not None:
+            out = tuple(infer_with(in_shapes, [(done or {}).get(i) for i in node.inputs]))
+        else:
+            out = tuple(layer.infer(in_shapes))
         params = layer.params(in_shapes)
         macs = layer.macs(in_shapes, out)
         rf = receptive_field(layer.window(in_shapes), [fields[i] for i in node.inputs])

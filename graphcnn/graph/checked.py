@@ -100,7 +100,14 @@ def receptive_field(window, inputs: list[ReceptiveField]) -> ReceptiveField:
     usable = [rf for rf in inputs if len(rf.size) == rank]
     if not usable:
         return ReceptiveField((), ())
-    size = tuple(max(rf.size[a] + (window.extent[a] - 1) * rf.jump[a] for rf in usable)
+    size = tuple(_exact(max(rf.size[a] + (window.extent[a] - 1) * rf.jump[a] for rf in usable))
                  for a in range(rank))
-    jump = tuple(max(rf.jump[a] for rf in usable) * window.stride[a] for a in range(rank))
-    return ReceptiveField(tuple(int(s) if Fraction(s).denominator == 1 else s for s in size), jump)
+    jump = tuple(_exact(max(rf.jump[a] for rf in usable) * _exact(window.stride[a]))
+                 for a in range(rank))
+    return ReceptiveField(size, jump)
+
+
+def _exact(value):
+    """Whole numbers as int: Fraction arithmetic is ~20x slower and a 10,000-layer chain does
+    it on every node (an int compares and prints like the equal Fraction)."""
+    return value if type(value) is int or value.denominator != 1 else value.numerator

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Literal
 
+from ..errors import CompileError
 from .base import Layer, register
 
 
@@ -19,6 +21,9 @@ class Relu(Elementwise):
     def lower(self, g, xs, shapes, out):
         return g.op("Relu", xs)
 
+    def vjp(self, g, xs, shapes, out, y, dy):
+        return [g.op("Mul", [dy, g.op("Sign", [y])])], {}  # y >= 0, so Sign(y) is the 0/1 mask
+
 
 @register
 class LeakyRelu(Elementwise):
@@ -29,6 +34,11 @@ class LeakyRelu(Elementwise):
     def lower(self, g, xs, shapes, out):
         return g.op("LeakyRelu", xs, alpha=self.alpha)
 
+    def vjp(self, g, xs, shapes, out, y, dy):
+        positive = g.op("Greater", [xs[0], g.scalar(0.0)])
+        slope = g.op("Where", [positive, g.scalar(1.0), g.scalar(self.alpha)])
+        return [g.op("Mul", [dy, slope])], {}
+
 
 @register
 class Sigmoid(Elementwise):
@@ -38,6 +48,9 @@ class Sigmoid(Elementwise):
     def lower(self, g, xs, shapes, out):
         return g.op("Sigmoid", xs)
 
+    def vjp(self, g, xs, shapes, out, y, dy):
+        return [g.op("Mul", [dy, g.op("Mul", [y, g.op("Sub", [g.scalar(1.0), y])])])], {}
+
 
 @register
 class Tanh(Elementwise):
@@ -46,6 +59,9 @@ class Tanh(Elementwise):
 
     def lower(self, g, xs, shapes, out):
         return g.op("Tanh", xs)
+
+    def vjp(self, g, xs, shapes, out, y, dy):
+        return [g.op("Mul", [dy, g.op("Sub", [g.scalar(1.0), g.op("Mul", [y, y])])])], {}
 
 
 @register
@@ -58,6 +74,15 @@ class Gelu(Elementwise):
         cdf = g.op("Mul", [g.op("Add", [g.op("Erf", [scaled]), g.scalar(1.0)]), g.scalar(0.5)])
         return g.op("Mul", [xs[0], cdf])
 
+    def vjp(self, g, xs, shapes, out, y, dy):
+        """d/dx x Phi(x) = Phi(x) + x phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi)."""
+        x = xs[0]
+        scaled = g.op("Mul", [x, g.scalar(1 / math.sqrt(2))])
+        cdf = g.op("Mul", [g.op("Add", [g.op("Erf", [scaled]), g.scalar(1.0)]), g.scalar(0.5)])
+        square = g.op("Mul", [x, g.op("Mul", [x, g.scalar(-0.5)])])
+        pdf = g.op("Mul", [g.op("Exp", [square]), g.scalar(1 / math.sqrt(2 * math.pi))])
+        return [g.op("Mul", [dy, g.op("Add", [cdf, g.op("Mul", [x, pdf])])])], {}
+
 
 @register
 class Silu(Elementwise):
@@ -66,6 +91,12 @@ class Silu(Elementwise):
 
     def lower(self, g, xs, shapes, out):
         return g.op("Mul", [xs[0], g.op("Sigmoid", xs)])
+
+    def vjp(self, g, xs, shapes, out, y, dy):
+        """d/dx x s(x) = s (1 + x (1 - s))."""
+        sig = g.op("Sigmoid", xs)
+        inner = g.op("Add", [g.scalar(1.0), g.op("Mul", [xs[0], g.op("Sub", [g.scalar(1.0), sig])])])
+        return [g.op("Mul", [dy, g.op("Mul", [sig, inner])])], {}
 
 
 @register
@@ -76,6 +107,11 @@ class Softmax(Elementwise):
     def lower(self, g, xs, shapes, out):
         return g.op("Softmax", xs, axis=1)
 
+    def vjp(self, g, xs, shapes, out, y, dy):
+        """dx = y * (dy - sum_c dy * y)."""
+        dot = g.op("ReduceSum", [g.op("Mul", [dy, y]), g.ints([1])], keepdims=1)
+        return [g.op("Mul", [y, g.op("Sub", [dy, dot])])], {}
+
 
 @register
 class Identity(Elementwise):
@@ -85,13 +121,52 @@ class Identity(Elementwise):
     def lower(self, g, xs, shapes, out):
         return g.op("Identity", xs)
 
+    def vjp(self, g, xs, shapes, out, y, dy):
+        return [dy], {}
+
 
 @register
 class Dropout(Elementwise):
     """Zeroes a fraction `rate` of the elements in training (scaling the rest by 1/(1-rate));
-    the identity at inference."""
+    the identity at inference.
+
+    The training mask is a function of (training step, node id, element index) only, not a
+    random op: the same run gives the same masks on every host and after a resume, and a new
+    step gives new masks. Each element's index, salted with the step and the node, goes twice
+    through the LCG h -> (1103515245 h + 12345) mod 2^31 (in int64, without overflow); an
+    element is kept when h / 2^31 >= rate."""
     op: Literal["dropout"] = "dropout"
     rate: float = 0.5
 
     def lower(self, g, xs, shapes, out):
         return g.op("Identity", xs)
+
+    def lower_train(self, g, xs, shapes, out):
+        if not 0 <= self.rate < 1:
+            raise CompileError("dropout rate must be in [0, 1)", received=str(self.rate))
+        if self.rate == 0:
+            return g.op("Identity", xs)
+        shape = g.op("Shape", xs)
+        count = g.op("ReduceProd", [shape], keepdims=0)
+        index = g.op("Range", [scalar_int(g, 0), count, scalar_int(g, 1)])
+        salt = g.op("Mul", [g.aux[("", "step")], g.ints([1 << 20])])
+        node = g.ints([zlib.crc32(g.node_id.encode()) % (1 << 20)])
+        h = g.op("Add", [index, g.op("Add", [salt, node])])
+        for _ in range(2):
+            h = g.op("Mod", [h, g.ints([1 << 31])])
+            h = g.op("Add", [g.op("Mul", [h, g.ints([1103515245])]), g.ints([12345])])
+        h = g.op("Mod", [h, g.ints([1 << 31])])
+        uniform = g.op("Div", [g.op("Cast", [h], to=1), g.scalar(float(1 << 31))])
+        keep = g.op("Cast", [g.op("GreaterOrEqual", [uniform, g.scalar(self.rate)])], to=1)
+        mask = g.op("Reshape", [g.op("Mul", [keep, g.scalar(1 / (1 - self.rate))]), shape])
+        g.aux[(g.node_id, "mask")] = mask
+        return g.op("Mul", [xs[0], mask])
+
+    def vjp(self, g, xs, shapes, out, y, dy):
+        mask = g.aux.get((g.node_id, "mask"))
+        return [dy if mask is None else g.op("Mul", [dy, mask])], {}
+
+
+def scalar_int(g, value: int) -> str:
+    """A 0-d int64 (Range wants scalars; g.ints makes 1-d tensors)."""
+    return g.op("Squeeze", [g.ints([value])])

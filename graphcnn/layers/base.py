@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -77,6 +77,15 @@ class Layer(BaseModel):
     def _one_input_as_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info) -> Any:
+        """pydantic reads `channels: true` as 1; a YAML true/false is only a flag."""
+        field = cls.model_fields[info.field_name]
+        if isinstance(value, bool) and not _takes_bool(field.annotation):
+            raise ValueError("true/false is not a number here")
+        return value
+
     @property
     def op_name(self) -> str:
         return self.op  # type: ignore[attr-defined]
@@ -104,11 +113,25 @@ class Layer(BaseModel):
     def lower(self, g, xs: list[str], shapes: list[Shape], out: Shape) -> str:
         raise NotImplementedError(f"{self.op_name} has no ONNX lowering")
 
+    # Training (graphcnn/train/autodiff.py) also looks for two optional methods, kept absent
+    # here so that a missing backward rule is a CompileError naming the node:
+    #   lower_train(g, xs, shapes, out) -> value   the training-mode forward (default: lower)
+    #   vjp(g, xs, shapes, out, y, dy) -> ([dx or None per input], {param name: gradient})
+
     def describe(self) -> str:
         """Key parameters, for summaries and drawings."""
         skip = {"id", "inputs", "op"}
         fields = self.model_dump(exclude_defaults=True, exclude=skip)
         return ", ".join(f"{k}={v}" for k, v in fields.items())
+
+
+def _takes_bool(annotation) -> bool:
+    """Whether a field annotation admits a bool (bool itself, Any, or a union holding one)."""
+    if annotation in (bool, Any):
+        return True
+    if get_origin(annotation) is Literal:
+        return any(isinstance(a, bool) for a in get_args(annotation))
+    return any(_takes_bool(a) for a in get_args(annotation))
 
 
 def need_rank(layer: Layer, shape: Shape, ranks: tuple[int, ...], what: str) -> None:

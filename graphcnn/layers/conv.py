@@ -12,6 +12,8 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import ClassVar, Literal
 
+import numpy as np
+
 from ..errors import ShapeError
 from .base import Layer, Param, Shape, Window, fmt_shape, need_rank, product, register
 from .spatial import PadSpec, onnx_pads, per_axis, resolve_pads, window_output
@@ -86,13 +88,90 @@ class ConvBase(Layer):
         return g.op("Conv", inputs, kernel_shape=list(k), strides=list(s), dilations=list(d),
                     pads=onnx_pads(pads), group=self.groups)
 
+    def vjp(self, g, xs, shapes, out, y, dy):
+        """dX by ConvTranspose with the forward geometry, dW by a conv over the batch."""
+        k, s, d = self.geometry()
+        x, shape, pads = xs[0], shapes[0], self.pads(shapes[0])
+        if self.padding == "circular":
+            x = wrap_pad(g, x, shape, pads)
+            shape = (shape[0], *(n + b + e for n, (b, e) in zip(shape[1:], pads)))
+            pads, wrapped = [(0, 0)] * self.dims, pads
+        dx = conv_input_grad(g, dy, g.param("weight"), shape, out, (k, s, d), pads, self.groups)
+        if self.padding == "circular":
+            dx = unwrap_grad(g, dx, shapes[0], wrapped)
+        grads = {"weight": conv_weight_grad(g, x, dy, shape, out, (k, s, d), pads, self.groups)}
+        if self.bias:
+            grads["bias"] = g.op("ReduceSum", [dy, g.ints([0, *range(2, self.dims + 2)])],
+                                 keepdims=0)
+        return [dx], grads
+
+
+def conv_input_grad(g, dy: str, w: str, shape: Shape, out: Shape, geometry, pads, groups):
+    """The transpose of the conv; output_padding restores input positions that no window
+    reached past the last stride step."""
+    k, s, d = geometry
+    extra = [n + b + e - dd * (kk - 1) - 1 - ss * (m - 1)
+             for n, (b, e), kk, ss, dd, m in zip(shape[1:], pads, k, s, d, out[1:])]
+    return g.op("ConvTranspose", [dy, w], kernel_shape=list(k), strides=list(s),
+                dilations=list(d), pads=onnx_pads(pads), group=groups, output_padding=extra)
+
+
+def conv_weight_grad(g, x: str, dy: str, shape: Shape, out: Shape, geometry, pads, groups):
+    """dW[o, i, t] = sum over batch and positions p of dY[n, o, p] * X[n, i, p*s + t*d - pad]:
+    X unfolded into its patches, then per group the weight-gradient GEMM
+    [C_in/g * taps, P] x [P, C_out/g] (batched over the samples, then summed)."""
+    k = geometry[0]
+    taps, positions, c_in, c_out = product(k), product(out[1:]), shape[0], out[0]
+    cols = g.op("Reshape", [unfold(g, x, shape, geometry, pads),
+                            g.ints([0, groups, c_in // groups * taps, positions])])
+    per_group = g.op("Reshape", [dy, g.ints([0, groups, c_out // groups, positions])])
+    products = g.op("MatMul", [cols, g.op("Transpose", [per_group], perm=[0, 1, 3, 2])])
+    summed = g.op("ReduceSum", [products, g.ints([0])], keepdims=0)
+    weight = g.op("Transpose", [summed], perm=[0, 2, 1])
+    return g.op("Reshape", [weight, g.ints([c_out, c_in // groups, *k])])
+
+
+def unfold(g, x: str, shape: Shape, geometry, pads) -> str:
+    """[N, C * taps, *out]: channel c * taps + t holds kernel tap t of every window (C order
+    over the kernel axes, as the weight stores it). A depthwise conv with one-hot kernels, so
+    stride, dilation and padding act exactly as in the forward conv."""
+    k, s, d = geometry
+    taps, dims = product(k), len(k)
+    if taps == 1 and not any(sum(pads, ())):
+        if max(s) == 1:
+            return x
+        return g.op("Slice", [x, g.ints([0] * dims), g.ints(shape[1:]), g.ints(range(2, dims + 2)),
+                              g.ints(s)])
+    eye = np.tile(np.eye(taps, dtype=np.float32).reshape(taps, 1, *k), (shape[0],) + (1,) * (dims + 1))
+    kernel = g.array("unfold" + "x".join(map(str, (shape[0], *k))), eye)
+    return g.op("Conv", [x, kernel], kernel_shape=list(k), strides=list(s), dilations=list(d),
+                pads=onnx_pads(pads), group=shape[0])
+
+
+def unwrap_grad(g, dx: str, shape: Shape, pads: list[tuple[int, int]]) -> str:
+    """Backward of wrap_pad: the wrapped margins add onto the positions they were copied from."""
+    for axis, ((begin, end), length) in enumerate(zip(pads, shape[1:]), start=2):
+        if not begin and not end:
+            continue
+        axes = g.ints([axis])
+        parts = [g.op("Slice", [dx, g.ints([begin]), g.ints([begin + length]), axes])]
+        if begin:
+            head = g.op("Slice", [dx, g.ints([0]), g.ints([begin]), axes])
+            parts.append(g.op("Pad", [head, g.ints([length - begin, 0]), "", axes]))
+        if end:
+            tail = g.op("Slice", [dx, g.ints([begin + length]), g.ints([begin + length + end]), axes])
+            parts.append(g.op("Pad", [tail, g.ints([0, length - end]), "", axes]))
+        dx = g.op("Sum", parts)
+    return dx
+
 
 def wrap_pad(g, x: str, shape: Shape, pads: list[tuple[int, int]]) -> str:
     """Circular padding as Slice + Concat per axis: portable to every ONNX host."""
     for axis, ((begin, end), length) in enumerate(zip(pads, shape[1:]), start=2):
         parts = []
         if begin:
-            parts.append(g.op("Slice", [x, g.ints([length - begin]), g.ints([length]), g.ints([axis])]))
+            # the last `begin` positions, counted from the end: the same Slice fits any length
+            parts.append(g.op("Slice", [x, g.ints([-begin]), g.ints([2**63 - 1]), g.ints([axis])]))
         parts.append(x)
         if end:
             parts.append(g.op("Slice", [x, g.ints([0]), g.ints([end]), g.ints([axis])]))
@@ -119,4 +198,147 @@ class Conv2d(ConvBase):
 class Conv3d(ConvBase):
     """3D convolution over [N, C, D, H, W]."""
     op: Literal["conv3d"] = "conv3d"
+    dims: ClassVar[int] = 3
+
+
+class ConvTransposeBase(Layer):
+    """Transposed convolution (the adjoint of conv with the same geometry), 1D/2D/3D.
+
+    Per spatial axis: out = (L-1)*stride - pad_begin - pad_end + dilation*(kernel-1)
+    + output_padding + 1, and output_padding < stride or < dilation (PyTorch's and ONNX's rule:
+    it only picks among the input lengths a conv would map to the same size). Weight
+    [C_in, C_out/groups, *kernel] (ONNX / PyTorch layout), bias [C_out]. He init uses the
+    forward fan-in: each output sums about C_in/groups * prod(kernel) / prod(stride) products.
+    """
+    dims: ClassVar[int]
+    channels: int
+    kernel: int | list[int]
+    stride: int | list[int] = 1
+    padding: int | list[int | list[int]] = 0
+    output_padding: int | list[int] = 0
+    dilation: int | list[int] = 1
+    groups: int = 1
+    bias: bool = True
+
+    # the same per-axis reading and channel rule as conv, borrowed rather than inherited so
+    # that conv's other methods (lowering, gradients) never apply to the transpose by accident
+    geometry = ConvBase.geometry
+    check_channels = ConvBase.check_channels
+
+    def pads(self, shape: Shape) -> list[tuple[int, int]]:
+        k, s, d = self.geometry()
+        return resolve_pads(self.padding, shape[1:], k, s, d)
+
+    def infer(self, shapes: list[Shape]) -> Shape:
+        x = shapes[0]
+        need_rank(self, x, (self.dims + 1,), f"a {self.dims}D input")
+        self.check_channels(x[0])
+        k, s, d = self.geometry()
+        extra = per_axis(self.output_padding, self.dims, "output_padding")
+        pads = self.pads(x)
+        if min(k + s + d) < 1 or min(extra + sum(pads, ())) < 0:
+            raise ShapeError("kernel, stride and dilation must be at least 1, padding and "
+                             "output_padding at least 0", received=f"kernel={list(k)}, "
+                             f"stride={list(s)}, dilation={list(d)}, padding={pads}")
+        for axis, (op, ss, dd) in enumerate(zip(extra, s, d)):
+            if op >= ss and op >= dd:
+                raise ShapeError(f"output_padding {op} on spatial axis {axis} is too large",
+                                 expected=f"output_padding < stride ({ss}) or < dilation ({dd})")
+            if op - pads[axis][1] >= ss:  # see runtime_padding: onnxruntime refuses the rest
+                raise ShapeError(f"output_padding {op} on spatial axis {axis} is at least the "
+                                 f"stride ({ss}) and more than the end padding "
+                                 f"({pads[axis][1]}); onnxruntime cannot run it",
+                                 expected="output_padding - pad_end < stride")
+        return (self.channels, *self.sizes(x, k, s, d, pads, extra))
+
+    def runtime_padding(self, shape: Shape):
+        """(pads, output_padding) for ONNX. onnxruntime wants output_padding < stride; since
+        output_padding only cuts less off the end, output_padding p with end padding e equals
+        end padding e - min(p, e) with output_padding p - min(p, e) (found by fuzzing)."""
+        _, s, _ = self.geometry()
+        extra = per_axis(self.output_padding, self.dims, "output_padding")
+        pads, out = [], []
+        for (b, e), op, ss in zip(self.pads(shape), extra, s):
+            moved = min(op, e) if op >= ss else 0
+            pads.append((b, e - moved))
+            out.append(op - moved)
+        return pads, out
+
+    def sizes(self, x: Shape, k, s, d, pads, extra) -> list[int]:
+        out = []
+        for axis, (L, kk, ss, dd, (b, e), op) in enumerate(zip(x[1:], k, s, d, pads, extra)):
+            n = (L - 1) * ss - b - e + dd * (kk - 1) + op + 1
+            if n < 1:
+                raise ShapeError(f"{self.op_name} output would have {n} positions on spatial "
+                                 f"axis {axis}", expected="less padding", received=fmt_shape(x),
+                                 rule=f"out = (L-1)*stride - pad_begin - pad_end + dilation*"
+                                      f"(kernel-1) + output_padding + 1 = ({L}-1)*{ss} - {b} - "
+                                      f"{e} + {dd}*({kk}-1) + {op} + 1 = {n}")
+            out.append(n)
+        return out
+
+    def params(self, shapes: list[Shape]) -> dict[str, Param]:
+        k, s, _ = self.geometry()
+        c_in, per_group = shapes[0][0], self.channels // self.groups
+        fan_in = max(1, c_in // self.groups * product(k) // product(s))
+        out = {"weight": Param((c_in, per_group, *k), "he", fan_in)}
+        if self.bias:
+            out["bias"] = Param((self.channels,))
+        return out
+
+    def macs(self, shapes: list[Shape], out: Shape) -> int:
+        k, _, _ = self.geometry()
+        return product(shapes[0]) * (self.channels // self.groups) * product(k)
+
+    def window(self, shapes: list[Shape]) -> Window:
+        """An output sees ceil(span / stride) neighbouring inputs; positions step by 1/stride."""
+        k, s, d = self.geometry()
+        extent = tuple(-(-(dd * (kk - 1) + 1) // ss) for kk, ss, dd in zip(k, s, d))
+        return Window(extent, tuple(Fraction(1, ss) for ss in s))
+
+    def lower(self, g, xs, shapes, out):
+        k, s, d = self.geometry()
+        pads, extra = self.runtime_padding(shapes[0])
+        inputs = [xs[0], g.param("weight")] + ([g.param("bias")] if self.bias else [])
+        return g.op("ConvTranspose", inputs, kernel_shape=list(k), strides=list(s),
+                    dilations=list(d), pads=onnx_pads(pads),
+                    output_padding=list(extra), group=self.groups)
+
+    def vjp(self, g, xs, shapes, out, y, dy):
+        """The adjoint of the transpose is the conv with the same geometry and weight: dX =
+        Conv(dY, W); dW by the same batch-as-channels conv as for conv, input and output
+        swapping roles. An output_padding of a stride or more leaves extra rows to cut."""
+        k, s, d = self.geometry()
+        pads, shape = self.pads(shapes[0]), shapes[0]
+        dx = g.op("Conv", [dy, g.param("weight")], kernel_shape=list(k), strides=list(s),
+                  dilations=list(d), pads=onnx_pads(pads), group=self.groups)
+        reached = window_output(self.op_name, out, k, s, d, pads)
+        if list(reached) != list(shape[1:]):
+            dx = g.op("Slice", [dx, g.ints([0] * self.dims), g.ints(shape[1:]),
+                                g.ints(range(2, self.dims + 2))])
+        grads = {"weight": conv_weight_grad(g, dy, xs[0], out, shape, (k, s, d), pads, self.groups)}
+        if self.bias:
+            grads["bias"] = g.op("ReduceSum", [dy, g.ints([0, *range(2, self.dims + 2)])],
+                                 keepdims=0)
+        return [dx], grads
+
+
+@register
+class ConvTranspose1d(ConvTransposeBase):
+    """Transposed 1D convolution over [N, C, L] (learned upsampling)."""
+    op: Literal["conv_transpose1d"] = "conv_transpose1d"
+    dims: ClassVar[int] = 1
+
+
+@register
+class ConvTranspose2d(ConvTransposeBase):
+    """Transposed 2D convolution over [N, C, H, W] (learned upsampling)."""
+    op: Literal["conv_transpose2d"] = "conv_transpose2d"
+    dims: ClassVar[int] = 2
+
+
+@register
+class ConvTranspose3d(ConvTransposeBase):
+    """Transposed 3D convolution over [N, C, D, H, W] (learned upsampling)."""
+    op: Literal["conv_transpose3d"] = "conv_transpose3d"
     dims: ClassVar[int] = 3

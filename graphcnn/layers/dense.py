@@ -38,6 +38,13 @@ class Linear(Layer):
         inputs = [xs[0], g.param("weight")] + ([g.param("bias")] if self.bias else [])
         return g.op("Gemm", inputs, transB=1)
 
+    def vjp(self, g, xs, shapes, out, y, dy):
+        """dX = dY W, dW = dY^T X, db = sum of dY over the batch."""
+        grads = {"weight": g.op("Gemm", [dy, xs[0]], transA=1)}
+        if self.bias:
+            grads["bias"] = g.op("ReduceSum", [dy, g.ints([0])], keepdims=0)
+        return [g.op("MatMul", [dy, g.param("weight")])], grads
+
 
 @register
 class Flatten(Layer):
@@ -52,3 +59,6 @@ class Flatten(Layer):
 
     def lower(self, g, xs, shapes, out):
         return g.op("Flatten", [xs[0]], axis=1)
+
+    def vjp(self, g, xs, shapes, out, y, dy):
+        return [g.op("Reshape", [dy, g.ints([0, *shapes[0]])])], {}

@@ -15,6 +15,8 @@ from typing import ClassVar, Literal
 
 from ..errors import ShapeError
 from .base import Layer, Param, Shape, Window, fmt_shape, product, register
+from .conv import conv_input_grad, conv_weight_grad
+from .norm import batchnorm_train, batchnorm_vjp
 from .spatial import onnx_pads, resolve_pads
 
 
@@ -56,6 +58,11 @@ class Add(Merge):
         return [max(1, -(-s // m)) for m, s in zip(main[1:], skip[1:])]
 
     def projected(self, main: Shape, skip: Shape) -> Shape:
+        if len(skip) < 2:  # found by fuzzing: a 1x1 conv with no spatial axes does not lower
+            raise ShapeError("project needs a skip input with spatial axes (it is a 1x1 conv)",
+                             expected="[N, C, L], [N, C, H, W] or [N, C, D, H, W]",
+                             received=fmt_shape(skip), hint="for flat inputs put a linear node "
+                             "on the skip branch instead")
         if len(main) != len(skip):
             raise ShapeError("residual inputs differ in rank", received=f"{fmt_shape(main)} "
                              f"vs skip {fmt_shape(skip)}")
@@ -93,6 +100,31 @@ class Add(Merge):
                      epsilon=1e-5)
         return y
 
+    def lower_train(self, g, xs, shapes, out):
+        if self.projection != "conv_bn":
+            return self.lower(g, xs, shapes, out)
+        rank = len(shapes[0]) - 1
+        y = g.op("Conv", [xs[-1], g.param("project.weight")], kernel_shape=[1] * rank,
+                 strides=self.strides(shapes[0], shapes[-1]), pads=[0] * (2 * rank))
+        y = batchnorm_train(g, y, shapes[0], "project.bn.", 1e-5, 0.1)
+        return g.op("Add", [*xs[:-1], y]) if len(xs) == 2 else g.op("Sum", [*xs[:-1], y])
+
+    def vjp(self, g, xs, shapes, out, y, dy):
+        """Every input gets dy; a projected skip gets it through the (batchnorm and) 1x1 conv."""
+        if not self.projection:
+            return [dy] * len(xs), {}
+        grads, main, skip = {}, shapes[0], shapes[-1]
+        if self.projection == "conv_bn":
+            dy_proj, grads = batchnorm_vjp(g, dy, main, "project.bn.")
+        else:
+            dy_proj = dy
+        rank = len(main) - 1
+        geometry = ((1,) * rank, tuple(self.strides(main, skip)), (1,) * rank)
+        pads = [(0, 0)] * rank
+        dskip = conv_input_grad(g, dy_proj, g.param("project.weight"), skip, main, geometry, pads, 1)
+        grads["project.weight"] = conv_weight_grad(g, xs[-1], dy_proj, skip, main, geometry, pads, 1)
+        return [dy] * (len(xs) - 1) + [dskip], grads
+
 
 @register
 class Concat(Merge):
@@ -105,13 +137,17 @@ class Concat(Merge):
         for shape in shapes[1:]:
             if len(shape) != len(first) or shape[1:] != first[1:]:
                 raise ShapeError("concat inputs disagree on their spatial size",
-                                 expected=f"every input shaped [N, *{list(first[1:])}]",
+                                 expected="every input shaped " + fmt_shape(("*", *first[1:])),
                                  received=" vs ".join(map(fmt_shape, shapes)),
                                  hint="crop the larger input (op: crop) or pad the smaller")
         return (sum(s[0] for s in shapes), *first[1:])
 
     def lower(self, g, xs, shapes, out):
         return g.op("Concat", list(xs), axis=1)
+
+    def vjp(self, g, xs, shapes, out, y, dy):
+        parts = g.op("Split", [dy, g.ints([s[0] for s in shapes])], outputs=len(xs), axis=1)
+        return list(parts), {}
 
 
 @register
@@ -159,7 +195,37 @@ class Highway(Merge):
             c = g.op("Sigmoid", [self.lower_gate(g, "carry", x, shapes[1])])
         else:
             c = g.op("Sub", [g.scalar(1.0), t])
+        g.aux[(g.node_id, "transform")], g.aux[(g.node_id, "carry")] = t, c  # for the vjp
         return g.op("Add", [g.op("Mul", [h, t]), g.op("Mul", [x, c])])
+
+    def vjp(self, g, xs, shapes, out, y, dy):
+        """dH = dy T; through the gates: dT = dy H (coupled: dy (H - x)), dC = dy x, each times
+        sigmoid' = s (1 - s) into its linear map; dx = dy C plus what the gate maps send back."""
+        h, x = xs
+        t, c = g.aux[(g.node_id, "transform")], g.aux[(g.node_id, "carry")]
+        dx = [g.op("Mul", [dy, c])]
+        grads = {}
+        d_t = g.op("Mul", [dy, h if self.carry == "learned" else g.op("Sub", [h, x])])
+        pre = {"transform": (d_t, t), "carry": (g.op("Mul", [dy, x]), c)}
+        for gate in self.gates():
+            grad, s = pre[gate]
+            da = g.op("Mul", [grad, g.op("Mul", [s, g.op("Sub", [g.scalar(1.0), s])])])
+            dx.append(self.gate_vjp(g, gate, x, shapes[1], da, grads))
+        return [g.op("Mul", [dy, t]), g.op("Sum", dx)], grads
+
+    def gate_vjp(self, g, gate: str, x: str, shape: Shape, da: str, grads: dict) -> str:
+        w = g.param(f"{gate}.weight")
+        if len(shape) == 1:
+            grads[f"{gate}.weight"] = g.op("Gemm", [da, x], transA=1)
+            grads[f"{gate}.bias"] = g.op("ReduceSum", [da, g.ints([0])], keepdims=0)
+            return g.op("MatMul", [da, w])
+        k = (self.gate_kernel,) * (len(shape) - 1)
+        ones = (1,) * len(k)
+        pads = resolve_pads("same", shape[1:], k, ones, ones)
+        grads[f"{gate}.weight"] = conv_weight_grad(g, x, da, shape, shape, (k, ones, ones), pads, 1)
+        grads[f"{gate}.bias"] = g.op("ReduceSum", [da, g.ints([0, *range(2, len(shape) + 1)])],
+                                     keepdims=0)
+        return conv_input_grad(g, da, w, shape, shape, (k, ones, ones), pads, 1)
 
     def lower_gate(self, g, gate: str, x: str, shape: Shape) -> str:
         w, b = g.param(f"{gate}.weight"), g.param(f"{gate}.bias")

@@ -3,12 +3,16 @@
 y = (x - mean) / sqrt(var + eps) * weight + bias per channel. The shape is unchanged; trainable
 parameters weight and bias [C] (2C, as PyTorch counts them); running_mean and running_var [C]
 are state, not parameters. batchnorm1d takes [N, C] or [N, C, L].
+lrn: local response normalization across channels (no parameters; see Lrn).
 """
 from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from .base import Layer, Param, Shape, need_rank, register
+import numpy as np
+
+from ..errors import ShapeError
+from .base import Layer, Param, Shape, need_rank, product, register
 
 
 class BatchNormBase(Layer):
@@ -30,6 +34,61 @@ class BatchNormBase(Layer):
         names = ["weight", "bias", "running_mean", "running_var"]
         return g.op("BatchNormalization", [xs[0], *map(g.param, names)], epsilon=self.eps)
 
+    def lower_train(self, g, xs, shapes, out):
+        return batchnorm_train(g, xs[0], shapes[0], "", self.eps, self.momentum)
+
+    def vjp(self, g, xs, shapes, out, y, dy):
+        dx, grads = batchnorm_vjp(g, dy, shapes[0], "")
+        return [dx], grads
+
+
+def batchnorm_train(g, x: str, shape: Shape, prefix: str, eps: float, momentum: float) -> str:
+    """Training mode from primitive ops (CUDA refuses BatchNormalization's training_mode):
+    statistics over the batch's real rows (g.aux's mask; padding rows neither count nor move
+    the running statistics), running stats updated as PyTorch does, with the unbiased variance:
+    new = (1 - momentum) * old + momentum * batch. Leaves what the vjp needs in g.aux."""
+    axes = g.ints([0, *range(2, len(shape) + 1)])
+    rows = g.op("Reshape", [g.aux[("", "mask")], g.ints([-1] + [1] * len(shape))])
+    count = g.op("Mul", [g.op("ReduceSum", [rows], keepdims=0), g.scalar(float(product(shape[1:])))])
+    count = g.op("Max", [count, g.scalar(1.0)])
+    mean = g.op("Div", [g.op("ReduceSum", [g.op("Mul", [x, rows]), axes]), count])
+    centered = g.op("Sub", [x, mean])
+    square = g.op("Mul", [g.op("Mul", [centered, centered]), rows])
+    var = g.op("Div", [g.op("ReduceSum", [square, axes]), count])
+    inv = g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [var, g.scalar(eps)])])])
+    xhat = g.op("Mul", [centered, inv])
+    unbiased = g.op("Div", [count, g.op("Max", [g.op("Sub", [count, g.scalar(1.0)]), g.scalar(1.0)])])
+    for stat, batch in (("running_mean", mean), ("running_var", g.op("Mul", [var, unbiased]))):
+        old = g.param(prefix + stat)
+        batch = g.op("Reshape", [batch, g.ints([-1])])
+        moved = g.op("Mul", [g.op("Sub", [batch, old]), g.scalar(momentum)])
+        g.aux[(g.node_id, f"new:{prefix}{stat}")] = g.op("Add", [old, moved])
+    g.aux.update({(g.node_id, prefix + "xhat"): xhat, (g.node_id, prefix + "inv"): inv,
+                  (g.node_id, prefix + "rows"): rows, (g.node_id, prefix + "count"): count})
+    scale = channel_vector(g, g.param(prefix + "weight"), shape)
+    return g.op("Add", [g.op("Mul", [xhat, scale]), channel_vector(g, g.param(prefix + "bias"), shape)])
+
+
+def batchnorm_vjp(g, dy: str, shape: Shape, prefix: str):
+    """dx = inv * (dxhat - rows * (mean(dxhat) + xhat * mean(dxhat * xhat))), means over the
+    real rows; a padding row only gets its own path inv * dxhat (it moved no statistic)."""
+    xhat, inv, rows, count = (g.aux[(g.node_id, prefix + k)] for k in ("xhat", "inv", "rows", "count"))
+    axes = g.ints([0, *range(2, len(shape) + 1)])
+    grads = {prefix + "bias": g.op("ReduceSum", [dy, axes], keepdims=0),
+             prefix + "weight": g.op("ReduceSum", [g.op("Mul", [dy, xhat]), axes], keepdims=0)}
+    dxhat = g.op("Mul", [dy, channel_vector(g, g.param(prefix + "weight"), shape)])
+
+    def real_mean(value):
+        return g.op("Div", [g.op("ReduceSum", [g.op("Mul", [value, rows]), axes]), count])
+    shift = g.op("Add", [real_mean(dxhat), g.op("Mul", [xhat, real_mean(g.op("Mul", [dxhat, xhat]))])])
+    dx = g.op("Mul", [inv, g.op("Sub", [dxhat, g.op("Mul", [rows, shift])])])
+    return dx, grads
+
+
+def channel_vector(g, v: str, shape: Shape) -> str:
+    """A [C] vector shaped [C, 1, ...] to broadcast over [N, C, *spatial]."""
+    return v if len(shape) == 1 else g.op("Reshape", [v, g.ints([-1] + [1] * (len(shape) - 1))])
+
 
 @register
 class BatchNorm1d(BatchNormBase):
@@ -50,3 +109,55 @@ class BatchNorm3d(BatchNormBase):
     """Batch normalization over [N, C, D, H, W]."""
     op: Literal["batchnorm3d"] = "batchnorm3d"
     ranks: ClassVar[tuple[int, ...]] = (4,)
+
+
+@register
+class Lrn(Layer):
+    """Local response normalization across channels (AlexNet): no parameters, shape unchanged.
+
+    y_c = x_c / (k + alpha / size * sum of x_j^2 over j in [c - floor((size-1)/2),
+    c + ceil((size-1)/2)])^beta, as ONNX LRN (its `bias` is our `k`).
+    """
+    op: Literal["lrn"] = "lrn"
+    size: int
+    alpha: float = 1e-4
+    beta: float = 0.75
+    k: float = 1.0
+
+    def infer(self, shapes: list[Shape]) -> Shape:
+        need_rank(self, shapes[0], (2, 3, 4), "an input with channels and spatial axes")
+        if self.size < 1 or self.size % 2 == 0:  # onnxruntime runs odd, centred windows only
+            raise ShapeError("lrn size must be odd and positive", received=str(self.size))
+        return shapes[0]
+
+    def macs(self, shapes: list[Shape], out: Shape) -> int:
+        return product(out) * self.size  # one square-and-add per window channel
+
+    def lower(self, g, xs, shapes, out):
+        x, shape = xs[0], shapes[0]
+        if len(shape) != 3:  # onnxruntime's LRN takes 4D only: fold the spatial axes into one
+            x = g.op("Reshape", [x, g.ints([0, shape[0], product(shape[1:]), 1])])
+        y = g.op("LRN", [x], size=self.size, alpha=self.alpha, beta=self.beta, bias=self.k)
+        return y if len(shape) == 3 else g.op("Reshape", [y, g.ints([0, *shape])])
+
+    def vjp(self, g, xs, shapes, out, y, dy):
+        """With S = k + alpha/size * W(x^2) (W: the channel window sum), y = x S^-beta and
+        dx = dy S^-beta - 2 alpha beta / size * x * W^T(dy x S^(-beta-1)); W^T sums over the
+        mirrored window."""
+        x, low = xs[0], (self.size - 1) // 2
+        high = self.size - 1 - low
+        window = self.channel_sum(g, g.op("Mul", [x, x]), shapes[0], low, high)
+        s = g.op("Add", [g.scalar(self.k), g.op("Mul", [window, g.scalar(self.alpha / self.size)])])
+        direct = g.op("Mul", [dy, g.op("Pow", [s, g.scalar(-self.beta)])])
+        u = g.op("Mul", [g.op("Mul", [dy, x]), g.op("Pow", [s, g.scalar(-self.beta - 1)])])
+        back = self.channel_sum(g, u, shapes[0], high, low)
+        scale = g.scalar(-2 * self.alpha * self.beta / self.size)
+        return [g.op("Add", [direct, g.op("Mul", [g.op("Mul", [x, back]), scale])])], {}
+
+    def channel_sum(self, g, v: str, shape: Shape, before: int, after: int) -> str:
+        """sum of v over channels [c - before, c + after]: a ones-kernel conv along channels."""
+        column = g.op("Reshape", [v, g.ints([0, 1, shape[0], product(shape[1:])])])
+        ones = g.array(f"ones{before}_{after}", np.ones((1, 1, self.size, 1), np.float32))
+        summed = g.op("Conv", [column, ones], kernel_shape=[self.size, 1],
+                      pads=[before, 0, after, 0])
+        return g.op("Reshape", [summed, g.ints([0, *shape])])

@@ -11,6 +11,8 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import ClassVar, Literal, Union
 
+import numpy as np
+
 from ..errors import ShapeError
 from .base import GLOBAL, Layer, Shape, Window, need_rank, register
 from .spatial import onnx_pads, per_axis, resolve_pads, window_output
@@ -64,6 +66,31 @@ class PoolBase(Layer):
 class MaxPoolBase(PoolBase):
     onnx_op: ClassVar[str] = "MaxPool"
 
+    def lower(self, g, xs, shapes, out):
+        """With a maxunpool reading this pool, also emit the argmax Indices for it."""
+        if not g.aux.get((g.node_id, "want_indices")):
+            return super().lower(g, xs, shapes, out)
+        y, g.aux[(g.node_id, "indices")] = g.op("MaxPool", [xs[0]], outputs=2,
+                                                **self.attrs(shapes[0]))
+        return y
+
+    def lower_train(self, g, xs, shapes, out):
+        g.aux[(g.node_id, "want_indices")] = True
+        return self.lower(g, xs, shapes, out)
+
+    def vjp(self, g, xs, shapes, out, y, dy):
+        """Each output's gradient added at its argmax (ScatterElements with add, not MaxUnpool,
+        which overwrites where windows overlap). Indices count over the flattened input."""
+        return [scatter_add(g, xs[0], g.aux[(g.node_id, "indices")], dy)], {}
+
+
+def scatter_add(g, x: str, indices: str, dy: str) -> str:
+    zeros = g.op("ConstantOfShape", [g.op("Shape", [x])])
+    flat = g.op("Reshape", [zeros, g.ints([-1])])
+    added = g.op("ScatterElements", [flat, g.op("Reshape", [indices, g.ints([-1])]),
+                                     g.op("Reshape", [dy, g.ints([-1])])], axis=0, reduction="add")
+    return g.op("Reshape", [added, g.op("Shape", [x])])
+
 
 class AvgPoolBase(PoolBase):
     onnx_op: ClassVar[str] = "AveragePool"
@@ -71,6 +98,41 @@ class AvgPoolBase(PoolBase):
 
     def attrs(self, shape: Shape) -> dict:
         return {**super().attrs(shape), "count_include_pad": int(self.count_include_pad)}
+
+    def vjp(self, g, xs, shapes, out, y, dy):
+        """Each output's gradient divided by its window's count, spread evenly over the window:
+        a depthwise ConvTranspose with a ones kernel, cut or padded back to the input size."""
+        k, s, _ = self.geometry()
+        shape, pads = shapes[0], self.pads(shapes[0])
+        scaled = g.op("Div", [dy, g.array("window_count", self.counts(shape, out))])
+        ones = g.array("ones", np.ones((shape[0], 1, *k), np.float32))
+        begins = [(b, 0) for b, _ in pads]  # the end is cut (or padded) to the input's size
+        dx = g.op("ConvTranspose", [scaled, ones], kernel_shape=list(k), strides=list(s),
+                  pads=onnx_pads(begins), group=shape[0])
+        spread = [(m - 1) * ss + kk - b for m, ss, kk, (b, _) in zip(out[1:], s, k, pads)]
+        return [fit(g, dx, spread, shape[1:])], {}
+
+    def counts(self, shape: Shape, out: Shape) -> np.ndarray:
+        """Divisor per output window: its input positions, or with count_include_pad its
+        positions inside the padded input (a ceil_mode window may reach past even that)."""
+        k, s, _ = self.geometry()
+        grid = np.ones((1,), np.float32)
+        for n, m, kk, ss, (b, e) in zip(shape[1:], out[1:], k, s, self.pads(shape)):
+            start = np.arange(m) * ss - b
+            low, high = (-b, n + e) if self.count_include_pad else (0, n)
+            axis = np.minimum(start + kk, high) - np.maximum(start, low)
+            grid = np.multiply.outer(grid, axis.astype(np.float32))
+        return grid.reshape((1, 1, *out[1:]))
+
+
+def fit(g, x: str, sizes, target) -> str:
+    """Slice or zero-pad the spatial axes from `sizes` to `target`."""
+    for axis, (have, want) in enumerate(zip(sizes, target), start=2):
+        if have > want:
+            x = g.op("Slice", [x, g.ints([0]), g.ints([want]), g.ints([axis])])
+        elif have < want:
+            x = g.op("Pad", [x, g.ints([0, want - have]), "", g.ints([axis])])
+    return x
 
 
 @register
@@ -131,6 +193,11 @@ class GlobalPoolBase(Layer):
         y = g.op(self.onnx_op, [xs[0]])
         return y if self.keepdims else g.op("Flatten", [y], axis=1)
 
+    def spread(self, g, x: str, shape: Shape, dy: str) -> str:
+        """dy [N, C] or [N, C, 1, ...] broadcast to x's shape."""
+        per_channel = g.op("Reshape", [dy, g.ints([0, shape[0], *[1] * (len(shape) - 1)])])
+        return g.op("Expand", [per_channel, g.op("Shape", [x])])
+
 
 @register
 class GlobalAvgPool(GlobalPoolBase):
@@ -138,9 +205,20 @@ class GlobalAvgPool(GlobalPoolBase):
     op: Literal["global_avgpool"] = "global_avgpool"
     onnx_op: ClassVar[str] = "GlobalAveragePool"
 
+    def vjp(self, g, xs, shapes, out, y, dy):
+        size = float(np.prod(shapes[0][1:]))
+        return [g.op("Mul", [self.spread(g, xs[0], shapes[0], dy), g.scalar(1 / size)])], {}
+
 
 @register
 class GlobalMaxPool(GlobalPoolBase):
     """Maximum over all spatial positions: [N, C, ...] -> [N, C]."""
     op: Literal["global_maxpool"] = "global_maxpool"
     onnx_op: ClassVar[str] = "GlobalMaxPool"
+
+    def vjp(self, g, xs, shapes, out, y, dy):
+        """The gradient goes to the maximum's position (to every tied one, which float inputs
+        make rare; PyTorch picks one)."""
+        at_max = g.op("Equal", [xs[0], self.spread(g, xs[0], shapes[0], y)])
+        mask = g.op("Cast", [at_max], to=1)
+        return [g.op("Mul", [mask, self.spread(g, xs[0], shapes[0], dy)])], {}

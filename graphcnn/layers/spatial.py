@@ -41,11 +41,16 @@ def resolve_pads(padding: PadSpec, lengths, kernel, stride, dilation) -> list[tu
         steps = stride if padding == "same" else (1,) * dims
         return [_same(L, k, s, d) for L, k, s, d in zip(lengths, kernel, steps, dilation)]
     if isinstance(padding, int):
-        return [(padding, padding)] * dims
-    if len(padding) != dims:
+        pads = [(padding, padding)] * dims
+    elif len(padding) != dims:
         raise ShapeError("padding needs one entry per spatial axis",
                          expected=f"{dims} entries", received=str(padding))
-    return [_pair(p) for p in padding]
+    else:
+        pads = [_pair(p) for p in padding]
+    if any(b < 0 or e < 0 for b, e in pads):  # ONNX refuses them: say so at the node
+        raise ShapeError("padding must not be negative", expected="padding >= 0",
+                         received=str(padding))
+    return pads
 
 
 def _same(length: int, k: int, s: int, d: int) -> tuple[int, int]:

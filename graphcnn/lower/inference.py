@@ -5,33 +5,36 @@ from typing import Mapping
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from .. import __version__
 from ..errors import CompileError, GraphCnnError
 from ..graph import CheckedGraph
+from ..graph.check import gc_paused
 from ..layers import Shape
 from .emitter import Emitter
 from .init import initial_value
 from .opset import choose_opset
 
 
+@gc_paused()
 def lower(checked: CheckedGraph, *, seed: int = 0, opset: int | None = None,
           batch: int | None = None, weights: Mapping[str, np.ndarray] | None = None,
           spec_text: str | None = None) -> onnx.ModelProto:
     """An inference model: every value named from the spec, every intermediate with value_info."""
-    version = choose_opset(opset)
     if batch is not None and batch < 1:
         raise CompileError("batch must be at least 1", received=str(batch))
     g = emit_nodes(checked)
+    version = choose_opset(opset, {n.op_type for n in g.nodes})
     dim = batch if batch is not None else "N"
     inputs = [value_info(n, s, dim) for n, s in checked.inputs.items()]
     outputs = [value_info(o, checked.shape_of(o), dim) for o in checked.outputs]
-    params = parameter_tensors(checked, seed, weights)
     shapes = [value_info(n.id, n.shape, dim) for n in checked.nodes if n.id not in checked.outputs]
     graph = helper.make_graph(g.nodes, checked.name, inputs, outputs,
-                              initializer=list(g.constants.values()) + params, value_info=shapes)
+                              initializer=list(g.constants.values()), value_info=shapes)
     model = make_model(graph, version)
+    del graph  # make_model copied it
+    add_parameters(model.graph, checked, seed, weights)  # straight into the model: one copy
     add_intermediate_shapes(model, checked, dim)
     meta = {"graphcnn_version": __version__, "seed": str(seed)}
     if spec_text is not None:
@@ -42,6 +45,9 @@ def lower(checked: CheckedGraph, *, seed: int = 0, opset: int | None = None,
 
 def emit_nodes(checked: CheckedGraph) -> Emitter:
     g = Emitter()
+    for node in checked.nodes:  # what a node needs from another before any is lowered
+        for key in getattr(node.layer, "requests", lambda inputs: [])(list(node.inputs)):
+            g.aux[key] = True  # e.g. (pool id, 'want_indices') from a maxunpool
     for node in checked.nodes:
         g.begin(node.id)
         try:
@@ -64,18 +70,30 @@ def value_info(name: str, shape: Shape, dim) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, [dim, *shape])
 
 
-def parameter_tensors(checked: CheckedGraph, seed: int,
-                      weights: Mapping[str, np.ndarray] | None) -> list[TensorProto]:
-    tensors = []
+def add_parameters(graph: onnx.GraphProto, checked: CheckedGraph, seed: int,
+                   weights: Mapping[str, np.ndarray] | None) -> None:
+    """Append every parameter as an initializer, built in place: numpy_helper.from_array and
+    make_graph would each hold another copy of all the weights."""
     for node in checked.nodes:
         for pname, param in node.params.items():
             name = f"{node.id}.{pname}"
-            if weights is not None and name in weights:
-                values = np.asarray(weights[name], dtype=np.float32)
-            else:
-                values = initial_value(name, param, seed)
-            tensors.append(numpy_helper.from_array(values, name))
-    return tensors
+            tensor = graph.initializer.add()
+            tensor.name, tensor.data_type = name, TensorProto.FLOAT
+            tensor.dims.extend(param.shape)
+            tensor.raw_data = parameter_bytes(name, node.id, param, seed, weights)
+
+
+def parameter_bytes(name: str, node_id: str, param, seed: int, weights) -> bytes:
+    """Little-endian float32 bytes of one parameter; the array is gone when this returns, so
+    a large tensor is held at most twice (bytes and proto) while it is stored."""
+    if weights is not None and name in weights:
+        values = np.asarray(weights[name], dtype=np.float32)
+        if values.shape != tuple(param.shape):
+            raise CompileError(f"weight '{name}' has the wrong shape", node=node_id,
+                               expected=str(list(param.shape)), received=str(list(values.shape)))
+    else:
+        values = initial_value(name, param, seed)
+    return values.astype("<f4", copy=False).tobytes()
 
 
 def add_intermediate_shapes(model: onnx.ModelProto, checked: CheckedGraph, dim) -> None:

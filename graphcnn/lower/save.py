@@ -4,30 +4,76 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
+from google.protobuf.message import Message
 
-from ..fileio import atomic_path, write_bytes_atomic
+from ..fileio import atomic_path, write_atomic
 
 PROTOBUF_LIMIT = 2 ** 31 - 1
 
 
 def save_model(model: onnx.ModelProto, path: str | Path) -> None:
     path = Path(path)
-    if model.ByteSize() < PROTOBUF_LIMIT:
-        write_bytes_atomic(path, model.SerializeToString())
+    head = without_initializers(model)
+    if file_size(head, model) < PROTOBUF_LIMIT:
+        write_atomic(path, lambda tmp: write_streamed(head, model, tmp))
         return
     save_external(model, path)
 
 
-def save_external(model: onnx.ModelProto, path: Path) -> None:
-    """Weights go to `<name>.data` beside the model. The data file is renamed into place first,
-    then the model that refers to it."""
-    data_name = path.name + ".data"
-    with atomic_path(path.parent / data_name) as data_tmp, atomic_path(path) as model_tmp:
-        onnx.external_data_helper.convert_model_to_external_data(
-            model, all_tensors_to_one_file=True, location=data_tmp.name, size_threshold=1024)
-        onnx.save_model(model, str(model_tmp))
-        for tensor in onnx.external_data_helper._get_all_tensors(model):
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    entry.value = data_name
-        onnx.save_model(model, str(model_tmp))
+def file_size(head: onnx.ModelProto, model: onnx.ModelProto) -> int:
+    """An upper bound of the serialized size. (upb's ByteSize() of the whole model serializes
+    it: seconds and a full copy of the weights for a large model.)"""
+    size = head.ByteSize()
+    for tensor in model.graph.initializer:
+        size += len(tensor.raw_data) + 1024 if tensor.HasField("raw_data") else tensor.ByteSize() + 16
+    return size
+
+
+def write_streamed(head: onnx.ModelProto, model: onnx.ModelProto, path: Path) -> None:
+    """The model without its initializers, then one ModelProto(graph=GraphProto(initializer=[t]))
+    per tensor. A protobuf parser merges concatenated messages (a repeated field appends), so the
+    file reads back as the whole model, yet the weights are never held twice in memory as one
+    SerializeToString() of the model would."""
+    with open(path, "wb") as fh:
+        fh.write(head.SerializeToString())
+        for tensor in model.graph.initializer:
+            data = tensor.SerializeToString()
+            # ModelProto.graph (field 7) { GraphProto.initializer (field 5) { tensor } }, framed
+            # by hand: building the message would copy the tensor once more
+            inner = _field(5, len(data))
+            fh.write(_field(7, len(inner) + len(data)) + inner)
+            fh.write(data)
+
+
+def _field(number: int, length: int) -> bytes:
+    """The key and length of a length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(length)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    head = onnx.ModelProto()
+    for field, value in model.ListFields():
+        if field.name != "graph":
+            _assign(head, field, value)
+    for field, value in model.graph.ListFields():
+        if field.name != "initializer":
+            _assign(head.graph, field, value)
+    return head
+
+
+def _assign(msg, field, value) -> None:
+    if isinstance(value, Message):
+        getattr(msg, field.name).CopyFrom(value)
+    elif isinstance(value, (str, bytes, int, float)):
+        setattr(msg, field.name, value)
+    else:  # a repeated field
+        getattr(msg, field.name).extend(value)

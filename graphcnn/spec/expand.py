@@ -22,6 +22,7 @@ from .model import BlockCall, BlockDef, NetworkSpec, Node, check_op, validation_
 from .yamlio import LocatedData, load_yaml, read_text
 
 MAX_BLOCK_DEPTH = 16
+_PREVIOUS = object()  # stands for "the previous node's output" while wiring a node
 MAX_NODES = 100_000
 _node_adapter = TypeAdapter(Node)
 
@@ -98,6 +99,14 @@ def _validate_block(data: Any, located: LocatedData, prefix: tuple) -> BlockDef:
         raise validation_error(exc, located, prefix) from None
 
 
+def _substitute_node(raw: Any, values: dict) -> Any:
+    """Parameters into a raw node, except its `id`: a node may share a parameter's name
+    (`{id: pool, op: maxpool3d, kernel: pool}`)."""
+    if not isinstance(raw, dict):
+        return substitute(raw, values)
+    return {k: v if k == "id" else substitute(v, values) for k, v in raw.items()}
+
+
 class _Expander:
     def __init__(self, blocks: dict[str, tuple[BlockDef, _Source]]):
         self.blocks, self.nodes, self.aliases = blocks, [], {}
@@ -119,7 +128,9 @@ class _Expander:
             if isinstance(item, BlockCall):
                 previous = self.call(item, node_id, resolve, previous, scope, loc, via)
             else:
-                inputs = tuple(resolve(n) for n in item.wiring(previous))
+                # `previous` is already a full id: only names written in the spec are resolved
+                inputs = tuple(previous if n is _PREVIOUS else resolve(n)
+                               for n in item.wiring(_PREVIOUS))
                 self.add(FlatNode(node_id, item, inputs, len(self.nodes), loc, via, scope))
                 previous = node_id
         return previous
@@ -167,16 +178,24 @@ class _Expander:
                             node=call_id, expected=f"at most {MAX_BLOCK_DEPTH} levels")
         block, source = self.blocks[item.block]
         repeat = self.count(item, call_id, loc)
-        inputs = [resolve(n) for n in (item.inputs or [previous])]
+        inputs = [resolve(n) for n in item.inputs] if item.inputs else [previous]
         outer = scope + ((call_id,) if repeat > 1 else ())  # `stage3` folds its instances
         for k in range(repeat):
             inst = call_id if repeat == 1 else f"{call_id}.block{k}"
-            args = {**item.args, **(item.first if k == 0 else {})}
+            args = self.call_args(item, k, inst, loc, via)
             out = self.instance(block, source, inst, args, inputs, outer, via + ((loc,) if loc else ()), item, loc)
             self.aliases[inst] = out
             inputs = [out]
         self.aliases[call_id] = inputs[0]
         return inputs[0]
+
+    def call_args(self, item: BlockCall, k: int, inst: str, loc, via: tuple) -> dict:
+        """Arguments of instance k; top-level args may be arithmetic (`(64 + 6 * 32) // 2`)
+        (inside a block they were already substituted with the enclosing block's params)."""
+        try:
+            return substitute({**item.args, **(item.first if k == 0 else {})}, {})
+        except GraphCnnError as exc:
+            raise exc.at(loc, inst, via) from None
 
     def count(self, item: BlockCall, call_id: str, loc) -> int:
         repeat = substitute(item.repeat, {}) if isinstance(item.repeat, str) else item.repeat
@@ -208,7 +227,7 @@ class _Expander:
         located = source.located
         try:
             check_op(raw, located, path)
-            return _node_adapter.validate_python(substitute(raw, values))
+            return _node_adapter.validate_python(_substitute_node(raw, values))
         except ValidationError as exc:
             err = validation_error(exc, located, path)
             err.node = f"{inst}.{err.node}" if err.node else inst

@@ -8,6 +8,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
                       ValidationError, field_validator)
 
+from ..gcpause import gc_paused
 from ..errors import Location, SpecError, nearest
 from ..layers import REGISTRY, Layer
 from .yamlio import LocatedData, load_yaml, read_text
@@ -145,6 +146,7 @@ def _short(value) -> bool:
 _Dumper.add_representer(dict, _represent_dict)
 
 
+@gc_paused()
 def dump_yaml(data: dict) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=100, default_flow_style=None)
 
@@ -172,9 +174,12 @@ def check_ops(nodes: Any, located: LocatedData, path: tuple = ("nodes",)) -> Non
 
 
 def check_op(node: Any, located: LocatedData | None, path: tuple) -> None:
+    where = located.loc if located else (lambda p: None)
+    if not isinstance(node, (dict, Layer, BlockCall)):  # else pydantic's discriminator message
+        raise SpecError("a node is a mapping such as {op: relu} or {id: s1, block: name}",
+                        loc=where(path), received=repr(node))
     if not isinstance(node, dict) or "block" in node:
         return
-    where = located.loc if located else (lambda p: None)
     op = node.get("op")
     if op is None:
         raise SpecError("node has no 'op'", loc=where(path), node=node.get("id"),

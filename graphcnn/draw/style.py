@@ -1,0 +1,55 @@
+"""Colours and line styles shared by the DOT and Mermaid writers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EdgeStyle:
+    colour: str
+    line: str  # solid | dashed | dotted
+    width: float
+    sample: str  # how the legend draws the line in text
+
+
+EDGE_STYLES = {
+    "forward": EdgeStyle("#333333", "solid", 1.2, "━━━"),
+    "residual": EdgeStyle("#1f77b4", "dashed", 1.8, "╍╍╍"),
+    "concat": EdgeStyle("#2ca02c", "dashed", 1.8, "╍╍╍"),
+    "highway": EdgeStyle("#d62728", "dotted", 2.0, "┅┅┅"),
+    "crop": EdgeStyle("#8c564b", "dashed", 1.8, "╍╍╍"),
+    "unpool": EdgeStyle("#9467bd", "dotted", 2.0, "┅┅┅"),
+}
+DEFAULT_EDGE = EdgeStyle("#ff7f0e", "dashed", 1.5, "╍╍╍")  # kinds added later, until styled
+
+# Fill colour by op family, so stages of a drawing read at a glance.
+_FILLS = [
+    (("conv_transpose", "upsample", "maxunpool"), "#f2d7ee"),
+    (("conv",), "#dbe9f6"),
+    (("maxpool", "avgpool", "global_", "subsample"), "#fde2c8"),
+    (("batchnorm", "lrn"), "#fff3c4"),
+    (("add", "concat", "highway"), "#f8d0d0"),
+    (("linear", "flatten", "reshape", "permute"), "#e4dcf1"),
+    (("crop", "pad"), "#e8dccb"),
+]
+INPUT_FILL, BLOCK_FILL, OTHER_FILL = "#ffffff", "#e6e6e6", "#e3f2dc"
+
+
+def edge_style(kind: str) -> EdgeStyle:
+    return EDGE_STYLES.get(kind, DEFAULT_EDGE)
+
+
+def fill(op: str, box_kind: str) -> str:
+    if box_kind == "input":
+        return INPUT_FILL
+    if box_kind == "block":
+        return BLOCK_FILL
+    for prefixes, colour in _FILLS:
+        if op.startswith(prefixes):
+            return colour
+    return OTHER_FILL
+
+
+def dims(shape) -> str:
+    """A tensor shape without the batch axis, as the chapter's figures write it: 16×32×32."""
+    return "×".join(str(d) for d in shape)

@@ -1,0 +1,70 @@
+"""Reshape and permute: rearrange the non-batch axes without computing anything.
+
+- reshape: `shape` lists the sizes without the batch axis; one -1 takes what is left. The
+  element count must match. Lowered with the concrete sizes (known from the checker) and -1 for
+  the batch, so the model keeps a free batch size.
+- permute: `perm` is a permutation of the non-batch axes, 0-based (0 = channels):
+  out[i] = in[perm[i]]; ONNX Transpose with perm [0, perm+1...].
+Both may move positions across axes, so the receptive field is reported as the whole input.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from ..errors import ShapeError
+from .base import GLOBAL, Layer, Shape, fmt_shape, product, register
+
+
+@register
+class Reshape(Layer):
+    """View the non-batch axes with another shape (same number of elements)."""
+    op: Literal["reshape"] = "reshape"
+    shape: list[int]
+
+    def infer(self, shapes: list[Shape]) -> Shape:
+        x, want = shapes[0], list(self.shape)
+        if not want or want.count(-1) > 1 or any(d < 1 and d != -1 for d in want):
+            raise ShapeError("reshape shape needs sizes of at least 1 and at most one -1",
+                             received=str(want))
+        count, known = product(x), product(d for d in want if d != -1)
+        if -1 in want and count % known == 0:
+            want[want.index(-1)] = count // known
+        if product(want) != count or -1 in want:
+            raise ShapeError(f"reshape cannot make {list(self.shape)} from {product(x)} "
+                             "elements", expected=f"sizes whose product is {count}",
+                             received=f"{fmt_shape(x)} -> {self.shape}")
+        return tuple(want)
+
+    def window(self, shapes: list[Shape]) -> str:
+        return GLOBAL
+
+    def lower(self, g, xs, shapes, out):
+        return g.op("Reshape", [xs[0], g.ints([-1, *out])])
+
+    def vjp(self, g, xs, shapes, out, y, dy):
+        return [g.op("Reshape", [dy, g.ints([-1, *shapes[0]])])], {}
+
+
+@register
+class Permute(Layer):
+    """Reorder the non-batch axes: out[i] = in[perm[i]] (0 = channels)."""
+    op: Literal["permute"] = "permute"
+    perm: list[int]
+
+    def infer(self, shapes: list[Shape]) -> Shape:
+        x = shapes[0]
+        if sorted(self.perm) != list(range(len(x))):
+            raise ShapeError("permute needs a permutation of the non-batch axes",
+                             expected=f"each of 0..{len(x) - 1} once (0 = channels)",
+                             received=f"perm={self.perm} for {fmt_shape(x)}")
+        return tuple(x[p] for p in self.perm)
+
+    def window(self, shapes: list[Shape]) -> str:
+        return GLOBAL
+
+    def lower(self, g, xs, shapes, out):
+        return g.op("Transpose", [xs[0]], perm=[0, *(p + 1 for p in self.perm)])
+
+    def vjp(self, g, xs, shapes, out, y, dy):
+        inverse = [self.perm.index(i) for i in range(len(self.perm))]
+        return [g.op("Transpose", [dy], perm=[0, *(p + 1 for p in inverse)])], {}

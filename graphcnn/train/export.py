@@ -1,0 +1,121 @@
+"""From training back to inference: the exported model, and the per-epoch evaluation.
+
+Both use the inference lowering (batch-norm in inference mode, running statistics as weights),
+so the test numbers printed during training are the numbers of the model that gets exported.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..lower.inference import lower
+from ..lower.save import save_model
+
+
+def weight_names(checked) -> list[str]:
+    """Every tensor the inference model takes from training (parameters and running stats)."""
+    return [f"{n.id}.{p}" for n in checked.nodes for p in n.params]
+
+
+def export_model(checked, values: Mapping[str, np.ndarray], path: str | Path, *,
+                 spec_text: str | None = None, seed: int = 0) -> onnx.ModelProto:
+    weights = {name: values[name] for name in weight_names(checked)}
+    model = lower(checked, seed=seed, weights=weights, spec_text=spec_text)
+    save_model(model, path)
+    return model
+
+
+def evaluation_model(checked) -> onnx.ModelProto:
+    """The inference model with its weights turned into inputs: one session evaluates every
+    epoch, fed the training step's current tensors without rebuilding the model."""
+    model = lower(checked)
+    graph = model.graph
+    names = set(weight_names(checked))
+    keep = [t for t in graph.initializer if t.name not in names]
+    moved = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+             for t in graph.initializer if t.name in names]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    graph.input.extend(moved)
+    return model
+
+
+def prediction_loss(outputs: np.ndarray, y: np.ndarray, loss: str, probabilities: bool):
+    """Per-row loss and correctness for the model's output. A softmax output is read as
+    probabilities (cross-entropy is -log p_y); any other output as logits."""
+    rows = len(outputs)
+    flat = outputs.reshape(rows, -1).astype(np.float64)
+    if loss == "mse":
+        diff = flat - y.reshape(rows, -1)
+        return np.mean(diff * diff, axis=1), np.zeros(rows)
+    if probabilities:
+        logp = np.log(np.clip(flat, 1e-30, None))
+    else:
+        shifted = flat - flat.max(axis=1, keepdims=True)
+        logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    losses = -logp[np.arange(rows), y]
+    return losses, (flat.argmax(axis=1) == y).astype(np.float64)
+
+
+METRIC_COLUMNS = ("epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
+                  "seconds")
+
+
+def metrics_paths(model_path: str | Path) -> dict[str, Path]:
+    """trained.onnx -> trained.metrics.csv, .json and .png beside it."""
+    model_path = Path(model_path)
+    return {ext: model_path.with_name(f"{model_path.stem}.metrics.{ext}")
+            for ext in ("csv", "json", "png")}
+
+
+def write_metrics(history: list[dict], model_path: str | Path, extra: dict | None = None) -> list[Path]:
+    """The per-epoch metrics as CSV and JSON, and a PNG of the curves when matplotlib is there."""
+    import json
+
+    from ..fileio import write_text_atomic
+
+    paths = metrics_paths(model_path)
+    columns = [c for c in METRIC_COLUMNS if any(c in r for r in history)]
+    lines = [",".join(columns)] + [",".join(_cell(r.get(c)) for c in columns) for r in history]
+    write_text_atomic(paths["csv"], "\n".join(lines) + "\n")
+    write_text_atomic(paths["json"], json.dumps({**(extra or {}), "epochs": history}, indent=2))
+    written = [paths["csv"], paths["json"]]
+    if history and plot_curves(history, paths["png"]):
+        written.append(paths["png"])
+    return written
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    return str(value) if isinstance(value, int) else f"{value:.6g}"
+
+
+def plot_curves(history: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    from ..fileio import write_atomic
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for split in ("train", "test"):
+        if f"{split}_loss" in history[0]:
+            ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], label=split)
+            ax_acc.plot(epochs, [r[f"{split}_accuracy"] for r in history], label=split)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)
+    return True

@@ -1,0 +1,168 @@
+"""One ONNX model for a whole training step: forward (training mode), loss, backward and the
+optimizer update, run by a stock onnxruntime InferenceSession.
+
+Inputs: the network input [B, ...], `labels`, `mask` [B] (1 real row, 0 padding), `lr` (float
+scalar), `step` (int64 scalar, 1-based; Adam's bias correction), then every carried tensor:
+trainable parameters (`conv1.weight`) and state (optimizer moments `conv1.weight.m`, batchnorm
+running statistics `bn1.running_mean`). Outputs: `loss` (mean over the real rows), `correct`
+(classification: int64 count of real rows whose argmax is the label) and `<name>.new` for every
+carried name, to feed back as `<name>` on the next step.
+Dropout masks in training are a deterministic function of `step`, the node and the element
+(layers/activation.py), so a run is reproducible on any host and across a resume.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .. import __version__
+from ..errors import CompileError
+from ..graph import CheckedGraph
+from ..lower.inference import make_model
+from ..lower.init import initial_value
+from ..lower.opset import choose_opset
+from . import losses
+from .autodiff import MASK_KEY, STEP_KEY, TrainEmitter, backward, forward
+from .optim import OptimConfig, update
+
+
+@dataclass
+class TrainingStep:
+    model: onnx.ModelProto
+    batch: int
+    data_input: str
+    label_input: str = "labels"
+    mask_input: str = "mask"
+    lr_input: str = "lr"
+    step_input: str = "step"
+    params: list[str] = field(default_factory=list)
+    state: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    loss: str = "cross_entropy"
+    optimizer: str = "sgd"
+
+    @property
+    def carried(self) -> list[str]:
+        return self.params + self.state
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every model input's shape (fixed: the batch is compiled in)."""
+        return {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim)
+                for i in self.model.graph.input}
+
+
+def build_training_step(checked: CheckedGraph, *, batch: int, loss: str = "cross_entropy",
+                        optimizer: str = "sgd", momentum: float = 0.0, weight_decay: float = 0.0,
+                        betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                        opset: int | None = None) -> TrainingStep:
+    cfg = OptimConfig(optimizer, momentum, weight_decay, tuple(betas), eps)
+    cfg.validate()
+    if batch < 1:
+        raise CompileError("batch must be at least 1", received=str(batch))
+    if len(checked.inputs) != 1:
+        raise CompileError("training needs a network with exactly one input",
+                           received=", ".join(checked.inputs))
+    version = choose_opset(opset)
+    data = next(iter(checked.inputs))
+    g = TrainEmitter()
+    g.aux[MASK_KEY], g.aux[STEP_KEY] = "mask", "step"
+    forward(g, checked)
+    values = losses.build_loss(g, checked, loss, "labels")
+    grads = backward(g, checked, values.seeds)
+    params, state, new = carry_updates(g, checked, cfg, grads)
+    outputs = {"loss": values.loss, **({"correct": values.correct} if values.correct else {}),
+               **{f"{n}.new": new[n] for n in params + state}}
+    model = assemble(g, checked, batch, data, loss, params + state, outputs, version)
+    return TrainingStep(model, batch, data, params=params, state=state, outputs=list(outputs),
+                        loss=loss, optimizer=optimizer)
+
+
+def carry_updates(g: TrainEmitter, checked: CheckedGraph, cfg: OptimConfig,
+                  grads: dict[str, str]):
+    """(params, state, {carried name: new value}): optimizer updates for trainable parameters
+    (unchanged when the loss does not reach them), layer state from the training forward."""
+    params, state, new = [], [], {}
+    for node in checked.nodes:
+        for pname, param in node.params.items():
+            name = f"{node.id}.{pname}"
+            if not param.trainable:
+                state.append(name)
+                new[name] = g.aux.get((node.id, f"new:{pname}"), name)
+                continue
+            params.append(name)
+            extra = cfg.state_names(name)
+            state.extend(extra)
+            if name in grads:
+                new.update(update(g, cfg, name, grads[name], "lr", "step"))
+            else:
+                new.update({n: n for n in [name, *extra]})
+    return params, state, new
+
+
+def assemble(g: TrainEmitter, checked: CheckedGraph, batch: int, data: str, loss: str,
+             carried: list[str], outputs: dict[str, str], version: int) -> onnx.ModelProto:
+    shapes = carried_shapes(checked)
+    out_shape = checked.shape_of(checked.outputs[0])
+    label = helper.make_tensor_value_info("labels", TensorProto.INT64, [batch]) \
+        if loss == "cross_entropy" else float_info("labels", [batch, *out_shape])
+    inputs = [float_info(data, [batch, *checked.inputs[data]]), label,
+              float_info("mask", [batch]), float_info("lr", []),
+              helper.make_tensor_value_info("step", TensorProto.INT64, [])]
+    inputs += [float_info(n, shapes[n]) for n in carried]
+    nodes = list(g.nodes)
+    for name, value in outputs.items():  # name every result: an Identity per output
+        nodes.append(helper.make_node("Identity", [value], [name], name=f"output/{name}"))
+    out_infos = [float_info(n, shapes[n[:-4]]) if n.endswith(".new") else scalar_info(n)
+                 for n in outputs]
+    nodes = prune(nodes, list(outputs))
+    used = {v for n in nodes for v in n.input}
+    constants = [t for name, t in g.constants.items() if name in used]
+    graph = helper.make_graph(nodes, f"{checked.name}.train", inputs, out_infos,
+                              initializer=constants)
+    model = make_model(graph, version)
+    helper.set_model_props(model, {"graphcnn_version": __version__, "graphcnn_training": loss})
+    return model
+
+
+def carried_shapes(checked: CheckedGraph) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for node in checked.nodes:
+        for pname, param in node.params.items():
+            name = f"{node.id}.{pname}"
+            for suffix in ("", ".momentum", ".m", ".v"):
+                shapes[name + suffix] = param.shape
+    return shapes
+
+
+def float_info(name: str, shape) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+
+def scalar_info(name: str) -> onnx.ValueInfoProto:
+    kind = TensorProto.INT64 if name == "correct" else TensorProto.FLOAT
+    return helper.make_tensor_value_info(name, kind, [])
+
+
+def prune(nodes: list, outputs: list[str]) -> list:
+    """Only the nodes the outputs depend on (e.g. no input gradient for the first layer)."""
+    needed, kept = set(outputs), []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(node.input)
+    return kept[::-1]
+
+
+def initial_state(checked: CheckedGraph, step: TrainingStep, seed: int) -> dict[str, np.ndarray]:
+    """Parameters as the inference model initialises them (same seed, same values), layer
+    state from its Param init (running mean 0, variance 1), optimizer state zeros."""
+    values = {}
+    for node in checked.nodes:
+        for pname, param in node.params.items():
+            values[f"{node.id}.{pname}"] = initial_value(f"{node.id}.{pname}", param, seed)
+    shapes = step.shapes()
+    return {n: values[n] if n in values else np.zeros(shapes[n], np.float32)
+            for n in step.carried}
