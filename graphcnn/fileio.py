@@ -27,6 +27,9 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
+    except OSError as exc:  # disk full, target is a folder, ...: a user-facing error, not a crash
+        raise GraphCnnError(f"cannot write '{target}': {exc.strerror or exc}",
+                            received=str(target)) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -58,10 +58,17 @@ def random_inputs(sess, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
         raise RunError("batch must be at least 1", received=str(batch))
     rng = np.random.default_rng(seed)
     feeds = {}
+    sizes = dynamic_sizes(sess)
     for inp in sess.get_inputs():
-        dims = [d if isinstance(d, int) else batch for d in inp.shape]
+        dims = [d if isinstance(d, int) else sizes.get(d, batch) for d in inp.shape]
         feeds[inp.name] = rng.standard_normal(dims).astype(np.float32)
     return feeds
+
+
+def dynamic_sizes(sess) -> dict[str, int]:
+    """A size that fits each dynamic spatial axis (`compile --dynamic` records the checked one)."""
+    text = sess.get_modelmeta().custom_metadata_map.get("graphcnn_dynamic", "")
+    return {k: int(v) for k, v in (item.split("=") for item in text.split(",") if item)}
 
 
 def run(sess, feeds: dict[str, np.ndarray]) -> RunResult:

@@ -114,7 +114,10 @@ nodes:
 
 
 def test_unknown_axis(tmp_path):
-    err = compile_error(tmp_path, TINY_UNET.replace("imports: [blocks/unet.yaml]\n", "").replace(
-        "nodes:\n  - {id: enc1", "nodes:\n  - {id: c, op: conv2d, channels: 2, kernel: 1}\n  - {id: enc1")
-        .split("  - {id: enc1")[0], "X")
-    assert "unknown spatial axis 'X'" in str(err) and "H, W" in str(err)
+    err = compile_error(tmp_path, """
+name: plain
+inputs: {image: [3, 16, 16]}
+nodes:
+  - {id: c, op: conv2d, channels: 2, kernel: 1}
+""", "X")
+    assert "unknown spatial axis 'X'" in str(err) and "expected H, W" in str(err)

@@ -81,6 +81,15 @@ def test_spec_file_too_large(tmp_path):
     assert info.value.loc is not None and "bytes" in str(info.value)
 
 
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_endless_spec_file_refused():
+    """A device or pipe reports size 0 and never ends: read at most the limit + 1 bytes."""
+    start = time.perf_counter()
+    with pytest.raises(SpecError, match="bytes"):
+        NetworkSpec.from_yaml("/dev/zero")
+    assert time.perf_counter() - start < 5
+
+
 def test_empty_and_non_mapping_documents_are_located():
     for text in ["", "# only a comment\n", "- a\n- b\n", "42\n"]:
         assert located(text, exc=SpecError).loc.file == "hostile.yaml"
@@ -260,3 +269,36 @@ def test_corrupt_model_refused(tmp_path, capsys, damage):
                       "empty": b""}[damage])
     code, err = run_main(capsys, "run", path)
     assert code == 1 and "m.onnx" in err and "Traceback" not in err
+
+
+def test_streamed_and_external_saves_read_back(tmp_path, monkeypatch):
+    """save_model streams tensors one by one (the file must still be one valid model), and
+    past the protobuf limit writes external data; both load back to the same weights."""
+    from graphcnn.lower import save
+    from graphcnn.modelio import load_model
+
+    spec = NetworkSpec.from_text(SMALL, "small.yaml")
+    model = compile_spec(spec)
+    save_model(model, tmp_path / "streamed.onnx")
+    onnx.checker.check_model(str(tmp_path / "streamed.onnx"), full_check=True)
+    assert onnx.load(str(tmp_path / "streamed.onnx")) == model
+    monkeypatch.setattr(save, "PROTOBUF_LIMIT", 1000)
+    (tmp_path / "ext").mkdir()
+    save_model(compile_spec(spec), tmp_path / "ext" / "m.onnx")
+    assert (tmp_path / "ext" / "m.onnx.data").exists()
+    back = load_model(tmp_path / "ext" / "m.onnx")
+    for ours, theirs in zip(model.graph.initializer, back.graph.initializer):
+        assert np.array_equal(onnx.numpy_helper.to_array(ours), onnx.numpy_helper.to_array(theirs))
+
+
+def test_model_whose_tensor_lies_about_its_size(tmp_path, capsys):
+    """4 bytes of data declared as 10^9 floats: refused by the checker, nothing allocated."""
+    weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[10 ** 9], raw_data=b"\0" * 4)
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [weight])
+    path = tmp_path / "lie.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+                     .SerializeToString())
+    code, err = run_main(capsys, "run", path)
+    assert code == 1 and "fails the ONNX checker" in err and "too small" in err

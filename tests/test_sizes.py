@@ -101,7 +101,8 @@ def test_static_size_error_names_node_and_nearest_sizes():
     with pytest.raises(ShapeError) as err:
         check(spec)
     message = str(err.value)
-    assert message.startswith(f"{SPECS / 'unet.yaml'}:8:10: input 570 x 570 does not fit: dec4.crop")
+    where = f"{SPECS / 'unet.yaml'}:8:10"  # the input's shape in the spec
+    assert message.startswith(f"{where}: input 570 x 570 does not fit: dec4.crop")
     assert message.splitlines()[0].endswith("nearest admissible sizes: 556, 572")
     assert err.value.node == "dec4.crop"
 
@@ -121,3 +122,14 @@ def test_symbolic_spec_checks_at_smallest_size(capsys, tmp_path):
     text = capsys.readouterr().out
     assert "checked at L = 17, its smallest admissible size" in text
     assert "output p2 [N, 8, 1]" in text
+
+
+def test_parameters_that_follow_the_size_are_noted(tmp_path, capsys):
+    path = tmp_path / "fc.yaml"
+    path.write_text("name: fc\ninputs: {image: [3, 8, 8]}\nnodes:\n"
+                    "  - {id: c, op: conv2d, channels: 2, kernel: 3}\n"
+                    "  - {op: flatten}\n  - {id: fc, op: linear, features: 4}\n")
+    assert main(["sizes", str(path), "--range", "1:12"]) == 0
+    text = capsys.readouterr().out
+    assert "admissible: 10 sizes: 3, 4, ..., 12" in text
+    assert "note: the parameter shapes of linear 'fc' change with the input size" in text

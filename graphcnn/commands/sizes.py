@@ -44,12 +44,16 @@ def _range(text: str) -> tuple[int, int]:
 
 
 def render(spec: str, report) -> str:
-    head = f"{spec}: sizes {report.low}..{report.high} with {report.axes}; output {report.outputs[0]}"
+    head = (f"{spec}: sizes {report.low}..{report.high} with {report.axes}; "
+            f"output {report.outputs[0]}")
     if not report.sizes:
         return f"{head}\nno admissible size; at {report.high}: {report.failure}"
     lines = [head, f"admissible: {len(report.sizes)} sizes: {compact(report.sizes)}"]
     rule = report.rule_text()
     lines.append(f"rule: {rule}" if rule else "rule: none found (the sizes are listed)")
+    if report.resized:
+        lines.append(f"note: the parameter shapes of {report.resized} change with the input "
+                     "size: each size is another network (weights trained at one do not fit)")
     pairs = [f"{n} -> {_size(report.output_size(n))}" for n in report.sizes]
     width = max(len(p) for p in pairs) + 2
     for i in range(0, len(pairs), PER_LINE):
@@ -87,4 +91,5 @@ def as_json(report) -> dict:
             "input_rule": ({"first": report.input_rule[0], "step": report.input_rule[1]}
                            if report.input_rule else None),
             "output_rule": str(report.output_rule) if report.output_rule is not None else None,
-            "rule": report.rule_text(), "failure": report.failure}
+            "rule": report.rule_text(), "failure": report.failure,
+            "parameters_change_at": report.resized}

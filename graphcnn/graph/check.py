@@ -11,8 +11,8 @@ from fractions import Fraction
 
 import networkx as nx
 
-from ..gcpause import gc_paused
 from ..errors import GraphCnnError, GraphError, ShapeError, SpecError, nearest
+from ..gcpause import gc_paused
 from ..layers import Shape
 from ..spec import NetworkSpec
 from ..spec.expand import FlatNode, FlatSpec, flatten

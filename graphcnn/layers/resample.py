@@ -187,7 +187,8 @@ class Subsample(Layer):
     def lower(self, g, xs, shapes, out):
         x = shapes[0]
         axes = range(2, len(x) + 1)
-        return g.op("Slice", [xs[0], g.ints([0] * len(axes)), g.ints(x[1:]), g.ints(axes),
+        ends = g.ints([INT64_MAX] * len(axes))  # to the end of any length: dynamic sizes
+        return g.op("Slice", [xs[0], g.ints([0] * len(axes)), ends, g.ints(axes),
                               g.ints(self.factors(x))])
 
     def vjp(self, g, xs, shapes, out, y, dy):

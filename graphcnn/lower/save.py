@@ -77,3 +77,18 @@ def _assign(msg, field, value) -> None:
         setattr(msg, field.name, value)
     else:  # a repeated field
         getattr(msg, field.name).extend(value)
+
+
+def save_external(model: onnx.ModelProto, path: Path) -> None:
+    """Weights go to `<name>.data` beside the model. The data file is renamed into place first,
+    then the model that refers to it."""
+    data_name = path.name + ".data"
+    with atomic_path(path.parent / data_name) as data_tmp, atomic_path(path) as model_tmp:
+        onnx.external_data_helper.convert_model_to_external_data(
+            model, all_tensors_to_one_file=True, location=data_tmp.name, size_threshold=1024)
+        onnx.save_model(model, str(model_tmp))
+        for tensor in onnx.external_data_helper._get_all_tensors(model):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = data_name
+        onnx.save_model(model, str(model_tmp))

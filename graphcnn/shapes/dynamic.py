@@ -5,8 +5,9 @@ size and at the ALTERNATIVES admissible sizes of each named axis nearest to it (
 size parities and residues change); when every node lowers to the same ONNX (op types,
 attributes, constants, parameter shapes) the model is taken as independent of that axis, and
 the input, output and node value_info carry a dim_param there (the size formula fitted exactly
-to SAMPLES admissible sizes, e.g. 'H-184', or no name when none fits). Otherwise the first node whose lowering changes
-pins the size, and the error says what changed.
+to SAMPLES admissible sizes, e.g. 'H-184', or no name when none fits). Otherwise the first
+node whose lowering changes pins the size, and the error says what changed. A dependence that
+shows only at sizes further away than the nearest ALTERNATIVES would go unseen.
 """
 from __future__ import annotations
 
@@ -16,11 +17,6 @@ from .expr import fit
 from .sizes import Sweep, axis_names
 
 ALTERNATIVES, SAMPLES, SEARCH = 12, 48, 512  # sizes lowered / sizes fitted / search span
-
-
-class _Nodes:
-    def __init__(self, nodes):
-        self.nodes = nodes
 
 
 def resolve(checked, names: list[str]) -> list:
@@ -62,7 +58,10 @@ def samples(sweep: Sweep, count: int) -> list[tuple[int, list]]:
 
 
 def check_dynamic(checked, names: list[str]) -> dict:
-    """{(input, index): name} when the lowering does not depend on those axes; else CompileError."""
+    """The plan for apply_dynamic ({"axes": {(input, index): name}, "formulas": ...}) when the
+    lowering does not depend on those axes; else a CompileError naming the node that pins it."""
+    if checked.spec is None:
+        raise CompileError("--dynamic needs the spec the graph was checked from")
     axes = resolve(checked, names)
     base = _lowered(checked.nodes)
     formulas = {}
@@ -73,7 +72,7 @@ def check_dynamic(checked, names: list[str]) -> dict:
             raise CompileError(f"--dynamic {name}: no other admissible size within {SEARCH} of "
                                f"{sweep.base}", hint="graphcnn sizes SPEC --axis " + name)
         for n, infos in others[:ALTERNATIVES]:
-            _compare(checked.nodes, base, infos, _lowered(infos), name, sweep.base, n)
+            _compare(checked.nodes, base, _lowered(infos), name, sweep.base, n)
         formulas[name] = _formulas(checked, name, sweep.base, others)
     return {"axes": {(i, k): a for i, k, a in axes}, "formulas": formulas}
 
@@ -85,10 +84,11 @@ def _lowered(nodes) -> dict:
         for key in getattr(node.layer, "requests", lambda inputs: [])(list(node.inputs)):
             g.aux[key] = True
     for node in nodes:
+        start = len(g.nodes)
         g.begin(node.id)
         result = node.layer.lower(g, list(node.inputs), list(node.in_shapes), node.shape)
         g.finish(result)
-        emitted = g.nodes[g._start:]
+        emitted = g.nodes[start:]
         params = {k: list(p.shape) for k, p in node.params.items()}
         ops = [(n.op_type, [_value(g, v) for v in n.input],
                 [a.SerializeToString() for a in n.attribute], n) for n in emitted]
@@ -101,7 +101,7 @@ def _value(g, name: str):
     return (name, tensor.SerializeToString()) if tensor is not None else name
 
 
-def _compare(nodes, base, infos, other, axis, n0, n1) -> None:
+def _compare(nodes, base, other, axis, n0, n1) -> None:
     for node in nodes:
         (p0, ops0), (p1, ops1) = base[node.id], other[node.id]
         why = _difference(p0, ops0, p1, ops1, axis, n0, n1)
@@ -167,6 +167,10 @@ def apply_dynamic(model, plan: dict, checked) -> None:
         for vi in graph.input:
             if vi.name == inp:
                 vi.type.tensor_type.shape.dim[index + 1].dim_param = name
+    entry = model.metadata_props.add()  # a size that fits, for `graphcnn run`'s random input
+    entry.key = "graphcnn_dynamic"
+    entry.value = ",".join(f"{name}={checked.inputs[inp][index]}"
+                           for (inp, index), name in plan["axes"].items())
     formulas = {}
     for per_axis in plan["formulas"].values():
         formulas.update(per_axis)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-from ..errors import GraphCnnError, ShapeError, SpecError
+from ..errors import GraphCnnError, SpecError
 from ..graph.check import build_graph, propagate, topological
 from ..spec.expand import FlatSpec, flatten
 from .expr import fit, progression
@@ -47,7 +47,8 @@ class Sweep:
                      for i, a in enumerate(axis_names(shape)) if axis is None or a == axis]
         if not self.axes:
             known = sorted({a for s in flat.inputs.values() for a in axis_names(s)})
-            raise SpecError("no input has that spatial axis" if axis else "no input has spatial axes",
+            raise SpecError("no input has that spatial axis" if axis
+                            else "no input has spatial axes",
                             expected=", ".join(known) or "an input [C, L] or more", received=axis)
         for name, shape in flat.inputs.items():
             if isinstance(shape[0], str):
@@ -103,6 +104,7 @@ class SizeReport:
     input_rule: tuple[int, int] | None
     output_rule: str | None
     failure: str | None                   # why `high` fails, when nothing fits
+    resized: str | None = None            # the first node whose parameter shapes follow the size
 
     def output_size(self, n: int):
         """The first output's spatial size (one number when square), or its whole shape."""
@@ -116,7 +118,8 @@ class SizeReport:
         parts = []
         if self.input_rule:
             first, step = self.input_rule
-            parts.append(f"input >= {first}" if step == 1 else f"input = {first} + {step}k (k >= 0)")
+            parts.append(f"input >= {first}" if step == 1
+                         else f"input = {first} + {step}k (k >= 0)")
         if self.output_rule is not None:
             parts.append(f"output = {self.output_rule}")
         elif self.sizes and len({str(self.output_size(n)) for n in self.sizes}) == 1:
@@ -125,7 +128,7 @@ class SizeReport:
 
 
 def admissible(sweep: Sweep, low: int, high: int) -> SizeReport:
-    sizes, shapes = [], {}
+    sizes, shapes, first_params, resized = [], {}, None, None
     for n in range(low, high + 1):
         infos = sweep.admits(n)
         if infos is None:
@@ -133,8 +136,12 @@ def admissible(sweep: Sweep, low: int, high: int) -> SizeReport:
         by_id = {i.id: i.shape for i in infos}
         sizes.append(n)
         shapes[n] = {o: by_id.get(o, sweep.shapes(n).get(o)) for o in sweep.flat.outputs}
+        params = [(i, {k: p.shape for k, p in i.params.items()}) for i in infos]
+        first_params = first_params or params
+        resized = resized or next((f"{a.op} '{a.id}'" for (a, pa), (_, pb) in
+                                   zip(first_params, params) if pa != pb), None)
     report = SizeReport(low, high, sweep.describe(), list(sweep.flat.outputs), sizes, shapes,
-                        progression(sizes, low, high), None, None)
+                        progression(sizes, low, high), None, None, resized)
     report.output_rule = _output_rule(report)
     if not sizes:
         report.failure = _failure(sweep, high)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..errors import GraphCnnError, ShapeError, SpecError
-from .sizes import DEFAULT_RANGE, Sweep, axis_names, is_symbolic
+from .sizes import DEFAULT_RANGE, Sweep, axis_names, is_symbolic, nearest
 
 
 def explain_size(flat, order, exc: ShapeError, spec) -> GraphCnnError:
@@ -34,8 +34,6 @@ def explain_size(flat, order, exc: ShapeError, spec) -> GraphCnnError:
 
 
 def _nearest(sweep: Sweep) -> list[int]:
-    from .sizes import nearest
-
     return nearest(sweep, sweep.base)
 
 

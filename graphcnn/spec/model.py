@@ -8,8 +8,8 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
                       ValidationError, field_validator)
 
-from ..gcpause import gc_paused
 from ..errors import Location, SpecError, nearest
+from ..gcpause import gc_paused
 from ..layers import REGISTRY, Layer
 from .yamlio import LocatedData, load_yaml, read_text
 

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from ..errors import Location, SpecError
+from .exprs import MAX_INT
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_VALUES = 200_000  # values built, aliases expanded; a billion-laughs file stops here
@@ -22,6 +23,8 @@ MAX_DEPTH = 64
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 Path_ = tuple[Any, ...]
+# scalar tags whose constructors return the value itself (others, e.g. !!map, are generators)
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null")}
 
 
 class LocatedData:
@@ -44,10 +47,12 @@ def read_text(path: str | Path, limit: int = MAX_FILE_BYTES) -> str:
     path = Path(path)
     try:
         size = path.stat().st_size
-        if size > limit:
-            raise SpecError(f"spec file is {size:,} bytes", loc=Location(str(path), 1, 1),
-                            expected=f"at most {limit:,} bytes")
-        return path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:  # at most limit + 1 bytes: /dev/zero or a pipe reports
+            data = fh.read(limit + 1)  # size 0 and never ends (found while testing limits)
+        if max(size, len(data)) > limit:
+            raise SpecError(f"spec file is {max(size, len(data)):,}{'+' if len(data) > limit else ''} "
+                            "bytes", loc=Location(str(path), 1, 1), expected=f"at most {limit:,} bytes")
+        return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read spec file: {exc}") from None
 
@@ -134,10 +139,22 @@ class _Builder:
         return out
 
     def scalar(self, node: yaml.Node) -> Any:
+        value = self.construct(node)
+        if isinstance(value, int) and abs(value) > MAX_INT:  # found by fuzzing: `stride: 2**63`
+            raise SpecError("integer too large", loc=self.where(node),  # passed the check, then
+                            expected=f"at most {MAX_INT:,} in size",  # broke ONNX's int64
+                            received=str(value) if len(str(value)) < 40 else f"{len(str(value))} digits")
+        return value
+
+    def construct(self, node: yaml.Node) -> Any:
         try:  # the tag's constructor directly: construct_object's bookkeeping doubles load time
-            construct = self.scalar_loader.yaml_constructors.get(node.tag)
-            if construct is not None and isinstance(node, yaml.ScalarNode):
-                return construct(self.scalar_loader, node)
+            if node.tag in _PLAIN_TAGS and isinstance(node, yaml.ScalarNode):
+                return self.scalar_loader.yaml_constructors[node.tag](self.scalar_loader, node)
             return self.scalar_loader.construct_object(node, deep=False)
         except yaml.YAMLError as exc:
             raise SpecError(f"invalid YAML value: {exc}", loc=self.where(node)) from None
+        except Exception as exc:  # noqa: BLE001 - PyYAML's constructors for explicit tags
+            # raise ValueError (`!!float x`), KeyError (`!!bool maybe`), AttributeError
+            # (`!!timestamp nope`) on bad text: all found by fuzzing, all a bad value
+            raise SpecError(f"invalid YAML value for tag {node.tag}: {type(exc).__name__}: {exc}",
+                            loc=self.where(node)) from None
