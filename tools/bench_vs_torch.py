@@ -6,7 +6,7 @@ calls torch.onnx.export (TorchScript path, dynamo=False, and the dynamo path); (
 CPU latency of the two files at batch 1 and 8, run alternately in one process; (3) PyTorch eager
 on the same inputs. torch is optional: without it only graphcnn's column is measured.
 
-    python tools/bench_vs_torch.py [--specs resnet50,vgg16] [--repeat 10] [--threads N]
+    python tools/bench_vs_torch.py [--specs resnet50,vgg16] [--repeat 10] [--warmup 2] [--threads N]
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def eager_ms(spec: Path, batch: int, repeat: int) -> float:
     return float(np.median(times)) * 1e3
 
 
-def bench_spec(spec: Path, tmp: Path, repeat: int, threads: int | None) -> dict:
+def bench_spec(spec: Path, tmp: Path, repeat: int, threads: int | None, warmup: int) -> dict:
     from graphcnn.deploy.bench import bench
 
     ours = tmp / f"{spec.stem}.graphcnn.onnx"
@@ -82,11 +82,11 @@ def bench_spec(spec: Path, tmp: Path, repeat: int, threads: int | None) -> dict:
         row["dynamo_s"] = torch_export_seconds(spec, tmp / f"{spec.stem}.dynamo.onnx", dynamo=True)
     except RuntimeError as exc:
         row["dynamo_s"] = f"failed: {str(exc).splitlines()[-1][:60]}"
-    report = bench([ours, theirs], [1, 8], threads=threads, repeat=repeat, warmup=2)
+    report = bench([ours, theirs], [1, 8], threads=threads, repeat=repeat, warmup=warmup)
     for (a, b) in zip(*report["results"]):
         batch = a.batch
         row[f"ort_ms_b{batch}"] = (a.stat(0.5) * 1e3, b.stat(0.5) * 1e3)
-        row[f"eager_ms_b{batch}"] = eager_ms(spec, batch, max(3, repeat // 2))
+        row[f"eager_ms_b{batch}"] = eager_ms(spec, batch, repeat)
     return row
 
 
@@ -115,11 +115,13 @@ def main() -> None:
     parser.add_argument("--specs", default=DEFAULT)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.specs.split(","):
-            rows.append(bench_spec(ROOT / "specs" / f"{name}.yaml", Path(tmp), args.repeat, args.threads))
+            rows.append(bench_spec(ROOT / "specs" / f"{name}.yaml", Path(tmp), args.repeat,
+                                   args.threads, args.warmup))
             print(f"done {name}", file=sys.stderr)
     print(markdown(rows))
 

@@ -25,8 +25,16 @@ def file_size(head: onnx.ModelProto, model: onnx.ModelProto) -> int:
     it: seconds and a full copy of the weights for a large model.)"""
     size = head.ByteSize()
     for tensor in model.graph.initializer:
-        size += len(tensor.raw_data) + 1024 if tensor.HasField("raw_data") else tensor.ByteSize() + 16
+        # from dims, not len(raw_data): reading raw_data copies the whole tensor into a bytes object
+        size += _payload(tensor) + 1024 if tensor.HasField("raw_data") else tensor.ByteSize() + 16
     return size
+
+
+def _payload(tensor: onnx.TensorProto) -> int:
+    count = 1
+    for d in tensor.dims:
+        count *= d
+    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
 def write_streamed(head: onnx.ModelProto, model: onnx.ModelProto, path: Path) -> None:
