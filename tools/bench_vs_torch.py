@@ -28,6 +28,7 @@ from torch_from_spec import torch_model
 from graphcnn import check_spec
 checked = check_spec({spec!r})
 model = torch_model(checked)
+assert sum(p.numel() for p in model.parameters()) == checked.total_params  # the same network
 shape = [1, *checked.inputs[next(iter(checked.inputs))]]
 torch.onnx.export(model, (torch.randn(shape),), {out!r}, dynamo={dynamo}, opset_version=18,
                   input_names=["x"], dynamic_axes=None if {dynamo} else {{"x": {{0: "N"}}}})
