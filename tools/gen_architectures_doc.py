@@ -25,6 +25,7 @@ FORMULA = "the formula (sum of the layers' parameter shapes)"
 # Published counts to compare with: (value, where it is published). None: no published count.
 REFERENCES = {
     "alexnet": (61_100_840, "torchvision `alexnet` model card (one-GPU AlexNet)"),
+    "alexnet_lrn": (60_965_224, "Caffe `bvlc_alexnet` (Krizhevsky et al. 2012, two-GPU grouping, LRN)"),
     "resnet18": (11_689_512, "torchvision `resnet18` model card; He et al. 2016"),
     "resnet50": (25_557_032, "torchvision `resnet50` model card; He et al. 2016 (25.6M)"),
     "resnet200": (None, "He et al. 2016b (Identity Mappings) quote 64.7M for ResNet-200"),

@@ -16,11 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing graphcnn
 SPECS = ROOT / "specs"
 GOLDEN = ROOT / "tests" / "golden"
-ARCHITECTURES = [
-    "alexnet", "vgg16", "vgg16_bn", "resnet18", "resnet50", "resnet200", "resnet200_preact",
-    "densenet121", "unet", "highway_mlp", "highway_cnn", "c3d_small", "ecg1d_resnet",
-    "segnet_small", "segnet_nearest", "segnet_linear", "segnet_convt",
-]
+ARCHITECTURES = sorted(p.stem for p in SPECS.glob("*.yaml"))  # every shipped spec
 
 
 def summary_text(name: str) -> str:
