@@ -75,8 +75,7 @@ def _summary_args(p):
 
 @command("compile", "lower a spec to an ONNX model")
 def cmd_compile(args) -> int:
-    from ..deploy.export import ExportOptions, export
-    from ..lower.save import save_model
+    from ..deploy.export import ExportOptions, export_to_file
 
     spec = load_spec(args.spec)
     checked = check_spec(spec, _limits(args))
@@ -87,8 +86,7 @@ def cmd_compile(args) -> int:
                          fold_bn=args.fold_bn, precision=args.precision, quantize=args.quantize,
                          calibrate=args.calibrate, portable=args.portable,
                          dynamic=tuple(a for a in (args.dynamic or "").split(",") if a))
-    model, notes = export(checked, spec.to_yaml(), opts)
-    save_model(model, args.output)
+    model, notes = export_to_file(checked, spec.to_yaml(), opts, args.output)
     for note in notes:
         out(note)
     out(f"wrote {args.output}: {checked.total_params:,} parameters, opset "

@@ -26,7 +26,24 @@ class ExportOptions:
 
 def export(checked: CheckedGraph, spec_text: str, opts: ExportOptions) -> tuple[onnx.ModelProto, list[str]]:
     """The model to write, and notes for the user (what each transform did)."""
-    from ..lower.inference import lower
+    model, notes, _ = _export(checked, spec_text, opts, stream=False)
+    return model, notes
+
+
+def export_to_file(checked: CheckedGraph, spec_text: str, opts: ExportOptions,
+                   path) -> tuple[onnx.ModelProto, list[str]]:
+    """export + save. When no transform needs the weights in memory (folding, precision,
+    int8), they are drawn one tensor at a time while the file is written: the same bytes,
+    without holding every weight twice (vgg16: 528 MB)."""
+    from ..lower.save import save_model
+
+    model, notes, pending = _export(checked, spec_text, opts, stream=True)
+    save_model(model, path, pending)
+    return model, notes
+
+
+def _export(checked: CheckedGraph, spec_text: str, opts: ExportOptions, stream: bool):
+    from ..lower.inference import lower, pending_parameters
     from .weights import load_weights
 
     if opts.quantize and opts.precision != "fp32":
@@ -44,8 +61,9 @@ def export(checked: CheckedGraph, spec_text: str, opts: ExportOptions) -> tuple[
         from ..lint import portable
 
         checked, portable_notes = portable(checked)
+    stream = stream and not (opts.fold_bn or opts.quantize or opts.precision != "fp32")
     model = lower(checked, seed=opts.seed, opset=opset, batch=opts.batch, weights=weights,
-                  spec_text=spec_text)
+                  spec_text=spec_text, parameters=not stream)
     notes = ([f"weights from {opts.weights}"] if weights else []) + portable_notes
     if opts.fold_bn or opts.quantize:  # int8 kernels want the batchnorm folded first
         from .foldbn import fold_batchnorm
@@ -67,7 +85,7 @@ def export(checked: CheckedGraph, spec_text: str, opts: ExportOptions) -> tuple[
 
         apply_dynamic(model, plan, checked)
         notes.append(f"dynamic spatial axes: {', '.join(opts.dynamic)}")
-    return model, notes
+    return model, notes, pending_parameters(checked, opts.seed, weights) if stream else []
 
 
 def _dynamic_plan(checked: CheckedGraph, opts: ExportOptions):

@@ -1,6 +1,7 @@
 """CheckedGraph -> ONNX ModelProto for inference."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
@@ -11,7 +12,7 @@ from .. import __version__
 from ..errors import CompileError, GraphCnnError
 from ..graph import CheckedGraph
 from ..graph.check import gc_paused
-from ..layers import Shape
+from ..layers import Param, Shape
 from .emitter import Emitter
 from .init import initial_value
 from .opset import choose_opset
@@ -20,8 +21,10 @@ from .opset import choose_opset
 @gc_paused()
 def lower(checked: CheckedGraph, *, seed: int = 0, opset: int | None = None,
           batch: int | None = None, weights: Mapping[str, np.ndarray] | None = None,
-          spec_text: str | None = None) -> onnx.ModelProto:
-    """An inference model: every value named from the spec, every intermediate with value_info."""
+          spec_text: str | None = None, parameters: bool = True) -> onnx.ModelProto:
+    """An inference model: every value named from the spec, every intermediate with value_info.
+    With `parameters=False` the weights are left out, for save_model to stream them straight
+    to the file (pending_parameters)."""
     if batch is not None and batch < 1:
         raise CompileError("batch must be at least 1", received=str(batch))
     g = emit_nodes(checked)
@@ -34,7 +37,8 @@ def lower(checked: CheckedGraph, *, seed: int = 0, opset: int | None = None,
                               initializer=list(g.constants.values()), value_info=shapes)
     model = make_model(graph, version)
     del graph  # make_model copied it
-    add_parameters(model.graph, checked, seed, weights)  # straight into the model: one copy
+    if parameters:
+        add_parameters(model.graph, checked, seed, weights)  # straight into the model: one copy
     add_intermediate_shapes(model, checked, dim)
     meta = {"graphcnn_version": __version__, "seed": str(seed)}
     if spec_text is not None:
@@ -74,18 +78,41 @@ def add_parameters(graph: onnx.GraphProto, checked: CheckedGraph, seed: int,
                    weights: Mapping[str, np.ndarray] | None) -> None:
     """Append every parameter as an initializer, built in place: numpy_helper.from_array and
     make_graph would each hold another copy of all the weights."""
-    for node in checked.nodes:
-        for pname, param in node.params.items():
-            name = f"{node.id}.{pname}"
-            tensor = graph.initializer.add()
-            tensor.name, tensor.data_type = name, TensorProto.FLOAT
-            tensor.dims.extend(param.shape)
-            tensor.raw_data = parameter_bytes(name, node.id, param, seed, weights)
+    for pending in pending_parameters(checked, seed, weights):
+        tensor = graph.initializer.add()
+        tensor.name, tensor.data_type = pending.name, TensorProto.FLOAT
+        tensor.dims.extend(pending.shape)
+        tensor.raw_data = pending.values().tobytes()
 
 
-def parameter_bytes(name: str, node_id: str, param, seed: int, weights) -> bytes:
-    """Little-endian float32 bytes of one parameter; the array is gone when this returns, so
-    a large tensor is held at most twice (bytes and proto) while it is stored."""
+@dataclass(frozen=True)
+class PendingParameter:
+    """A parameter tensor not made yet: its values are drawn (or read) when asked, so a writer
+    can hold one tensor at a time."""
+
+    name: str
+    shape: tuple[int, ...]
+    node_id: str
+    param: Param
+    seed: int
+    weights: Mapping[str, np.ndarray] | None
+
+    @property
+    def nbytes(self) -> int:
+        return self.param.size * 4
+
+    def values(self) -> np.ndarray:
+        """Little-endian float32 values."""
+        return parameter_values(self.name, self.node_id, self.param, self.seed, self.weights)
+
+
+def pending_parameters(checked: CheckedGraph, seed: int,
+                       weights: Mapping[str, np.ndarray] | None) -> list[PendingParameter]:
+    return [PendingParameter(f"{node.id}.{pname}", tuple(param.shape), node.id, param, seed, weights)
+            for node in checked.nodes for pname, param in node.params.items()]
+
+
+def parameter_values(name: str, node_id: str, param, seed: int, weights) -> np.ndarray:
     if weights is not None and name in weights:
         values = np.asarray(weights[name], dtype=np.float32)
         if values.shape != tuple(param.shape):
@@ -93,13 +120,16 @@ def parameter_bytes(name: str, node_id: str, param, seed: int, weights) -> bytes
                                expected=str(list(param.shape)), received=str(list(values.shape)))
     else:
         values = initial_value(name, param, seed)
-    return values.astype("<f4", copy=False).tobytes()
+    return np.ascontiguousarray(values.astype("<f4", copy=False))
 
 
 def add_intermediate_shapes(model: onnx.ModelProto, checked: CheckedGraph, dim) -> None:
     """value_info for the values inside a node (pads, gates), from ONNX shape inference run on
     a weightless copy; node results must agree with our own shapes or it is a bug of ours."""
-    light = weightless_copy(model)
+    present = {t.name for t in model.graph.initializer}
+    pending = [helper.make_tensor_value_info(f"{n.id}.{p}", TensorProto.FLOAT, list(param.shape))
+               for n in checked.nodes for p, param in n.params.items() if f"{n.id}.{p}" not in present]
+    light = weightless_copy(model, pending)  # weights not made yet are declared all the same
     inferred = onnx.shape_inference.infer_shapes(light, strict_mode=True, data_prop=True)
     known = {v.name for v in model.graph.value_info} | {o.name for o in model.graph.output}
     for vi in inferred.graph.value_info:
@@ -113,13 +143,13 @@ def add_intermediate_shapes(model: onnx.ModelProto, checked: CheckedGraph, dim) 
                 raise AssertionError(f"{vi.name}: graphcnn shape {ours[vi.name]} != ONNX {theirs}")
 
 
-def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+def weightless_copy(model: onnx.ModelProto, extra: list | None = None) -> onnx.ModelProto:
     """The model with float weights declared as typed inputs instead of stored: cheap to copy,
-    and enough for shape inference and the checker."""
+    and enough for shape inference and the checker. `extra`: more such declarations."""
     graph = model.graph
     small = [t for t in graph.initializer if t.data_type == TensorProto.INT64]
     decls = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-             for t in graph.initializer if t.data_type != TensorProto.INT64]
+             for t in graph.initializer if t.data_type != TensorProto.INT64] + list(extra or [])
     g = helper.make_graph(graph.node, graph.name, list(graph.input) + decls, graph.output,
                           initializer=small, value_info=graph.value_info)
     light = helper.make_model(g, opset_imports=model.opset_import)

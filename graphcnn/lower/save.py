@@ -11,12 +11,19 @@ from ..fileio import atomic_path, write_atomic
 PROTOBUF_LIMIT = 2 ** 31 - 1
 
 
-def save_model(model: onnx.ModelProto, path: str | Path) -> None:
+def save_model(model: onnx.ModelProto, path: str | Path, pending=()) -> None:
+    """Write `model` atomically, followed by `pending` parameters (lower(parameters=False),
+    pending_parameters), which are drawn one at a time and written from their own memory."""
     path = Path(path)
     head = without_initializers(model)
-    if file_size(head, model) < PROTOBUF_LIMIT:
-        write_atomic(path, lambda tmp: write_streamed(head, model, tmp))
+    if file_size(head, model) + sum(p.nbytes + 1024 for p in pending) < PROTOBUF_LIMIT:
+        write_atomic(path, lambda tmp: write_streamed(head, model, tmp, pending))
         return
+    for p in pending:  # past 2 GiB the weights go to external data: make them first
+        tensor = model.graph.initializer.add()
+        tensor.name, tensor.data_type = p.name, onnx.TensorProto.FLOAT
+        tensor.dims.extend(p.shape)
+        tensor.raw_data = p.values().tobytes()
     save_external(model, path)
 
 
@@ -37,7 +44,7 @@ def _payload(tensor: onnx.TensorProto) -> int:
     return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
-def write_streamed(head: onnx.ModelProto, model: onnx.ModelProto, path: Path) -> None:
+def write_streamed(head: onnx.ModelProto, model: onnx.ModelProto, path: Path, pending=()) -> None:
     """The model without its initializers, then one ModelProto(graph=GraphProto(initializer=[t]))
     per tensor. A protobuf parser merges concatenated messages (a repeated field appends), so the
     file reads back as the whole model, yet the weights are never held twice in memory as one
@@ -51,6 +58,25 @@ def write_streamed(head: onnx.ModelProto, model: onnx.ModelProto, path: Path) ->
             inner = _field(5, len(data))
             fh.write(_field(7, len(inner) + len(data)) + inner)
             fh.write(data)
+        for p in pending:
+            values = p.values()
+            header = tensor_header(p.name, p.shape, values.nbytes)
+            inner = _field(5, len(header) + values.nbytes)
+            fh.write(_field(7, len(inner) + len(header) + values.nbytes) + inner + header)
+            fh.write(memoryview(values).cast("B"))  # the array's own memory: no bytes copy
+
+
+def tensor_header(name: str, shape, nbytes: int) -> bytes:
+    """A float TensorProto up to its raw_data payload, in SerializeToString's field order:
+    dims (1, varints), data_type (2) = FLOAT, name (8), raw_data (9) key and length."""
+    out = bytearray()
+    for d in shape:
+        out += _varint(1 << 3) + _varint(d)
+    out += _varint(2 << 3) + _varint(onnx.TensorProto.FLOAT)
+    encoded = name.encode("utf-8")
+    out += _field(8, len(encoded)) + encoded
+    out += _field(9, nbytes)
+    return bytes(out)
 
 
 def _field(number: int, length: int) -> bytes:
