@@ -35,12 +35,18 @@ torch.onnx.export(model, (torch.randn(shape),), {out!r}, dynamo={dynamo}, opset_
 """
 
 
+RUNS = 3  # each export is timed this many times, median: writing hundreds of MB is noisy
+
+
 def timed(cmd: list[str]) -> float:
-    start = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode:
-        raise RuntimeError(f"{' '.join(cmd[:3])}... failed:\n{res.stderr[-2000:]}")
-    return time.perf_counter() - start
+    times = []
+    for _ in range(RUNS):
+        start = time.perf_counter()
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode:
+            raise RuntimeError(f"{' '.join(cmd[:3])}... failed:\n{res.stderr[-2000:]}")
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def torch_export_seconds(spec: Path, out: Path, dynamo: bool) -> float:
@@ -117,7 +123,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--compile-runs", type=int, default=RUNS,
+                        help="times each export is run (median reported)")
     args = parser.parse_args()
+    global RUNS
+    RUNS = args.compile_runs
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.specs.split(","):

@@ -58,12 +58,29 @@ def write_streamed(head: onnx.ModelProto, model: onnx.ModelProto, path: Path, pe
             inner = _field(5, len(data))
             fh.write(_field(7, len(inner) + len(data)) + inner)
             fh.write(data)
-        for p in pending:
-            values = p.values()
+        for p, values in _prefetched(pending):
             header = tensor_header(p.name, p.shape, values.nbytes)
             inner = _field(5, len(header) + values.nbytes)
             fh.write(_field(7, len(inner) + len(header) + values.nbytes) + inner + header)
             fh.write(memoryview(values).cast("B"))  # the array's own memory: no bytes copy
+
+
+def _prefetched(pending):
+    """(parameter, values) pairs, the next tensor drawn in a thread while this one is written:
+    numpy's generator and file writes both release the GIL, so the two overlap. At most two
+    tensors are held at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not pending:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(pending[0].values)
+        for i, p in enumerate(pending):
+            values = future.result()
+            if i + 1 < len(pending):
+                future = pool.submit(pending[i + 1].values)
+            yield p, values
+            del values
 
 
 def tensor_header(name: str, shape, nbytes: int) -> bytes:
