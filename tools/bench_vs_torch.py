@@ -118,6 +118,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    global RUNS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--specs", default=DEFAULT)
     parser.add_argument("--repeat", type=int, default=10)
@@ -126,7 +127,6 @@ def main() -> None:
     parser.add_argument("--compile-runs", type=int, default=RUNS,
                         help="times each export is run (median reported)")
     args = parser.parse_args()
-    global RUNS
     RUNS = args.compile_runs
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,8 @@
 """Latency and throughput of ONNX models in onnxruntime, measured side by side.
 
 With two models, runs alternate (A, B, A, B, ...) inside one process so that a noisy machine
-slows both alike; the ratios are what to read, not the absolute times.
+slows both alike; the ratios are what to read. Their worker threads do not spin between runs,
+so neither session takes cores from the other.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class Timing:
 def bench(models: list, batches: list[int], *, provider: str = "cpu", threads: int | None = None,
           repeat: int = 20, warmup: int = 3, seed: int = 0) -> dict:
     """{'results': [[Timing per batch] per model], 'max_abs_diff': {batch: float}}."""
-    sessions = [session(m, provider, threads) for m in models]
+    # sessions that take turns must not spin while waiting, or each slows the other
+    sessions = [session(m, provider, threads, spinning=len(models) == 1) for m in models]
     results = [[Timing(b) for b in batches] for _ in sessions]
     diffs = {}
     for bi, batch in enumerate(batches):
