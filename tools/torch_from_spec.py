@@ -45,13 +45,13 @@ class Fn(nn.Module):
 class PadThen(nn.Module):
     """Explicit (possibly asymmetric) padding, then the layer with no padding of its own."""
 
-    def __init__(self, pads, layer, value=0.0):
+    def __init__(self, pads, layer, mode="constant"):
         super().__init__()
         self.pads = [p for pair in reversed(pads) for p in pair]
-        self.layer, self.value = layer, value
+        self.layer, self.mode = layer, mode
 
     def forward(self, x):
-        return self.layer(F.pad(x, self.pads, value=self.value) if any(self.pads) else x)
+        return self.layer(F.pad(x, self.pads, mode=self.mode) if any(self.pads) else x)
 
 
 class Residual(nn.Module):
@@ -82,9 +82,13 @@ AVGPOOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
 def conv(node):
     layer, shape = node.layer, node.in_shapes[0]
     k, s, d = layer.geometry()
+    pads = layer.pads(shape)
+    symmetric = all(b == e for b, e in pads) and layer.padding != "circular"
     module = CONV[layer.dims](shape[0], layer.channels, k, stride=s, dilation=d,
-                              groups=layer.groups, bias=layer.bias)
-    return PadThen(layer.pads(shape), module)
+                              groups=layer.groups, bias=layer.bias,
+                              padding=[b for b, _ in pads] if symmetric else 0)
+    mode = "circular" if layer.padding == "circular" else "constant"
+    return module if symmetric else PadThen(pads, module, mode)
 
 
 def pool(node):

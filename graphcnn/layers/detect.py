@@ -83,9 +83,12 @@ class YoloDecode(Layer):
 
     def lower(self, g, xs, shapes, out):
         boxes, scores = self._decode(g, xs[0])
+        # thresholds as 1-element tensors: onnxruntime takes scalars too, onnx's reference
+        # evaluator indexes them ([0]) and fails on a scalar
+        thresholds = [g.array(name, np.array([value], np.float32)) for name, value in
+                      (("iou_threshold", self.iou_threshold), ("score_threshold", self.score_threshold))]
         selected = g.op("NonMaxSuppression", [boxes, scores, g.ints([self.max_detections]),
-                                              g.scalar(self.iou_threshold),
-                                              g.scalar(self.score_threshold)])
+                                              *thresholds])
         keep = self._keep_mask(g, scores, selected)
         return self._gather_rows(g, boxes, scores, keep)
 
