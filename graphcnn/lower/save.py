@@ -65,20 +65,22 @@ def write_streamed(head: onnx.ModelProto, model: onnx.ModelProto, path: Path, pe
             fh.write(memoryview(values).cast("B"))  # the array's own memory: no bytes copy
 
 
+PREFETCH_BYTES = 1 << 20  # smaller tensors are drawn inline: a thread hand-off costs more
+
+
 def _prefetched(pending):
-    """(parameter, values) pairs, the next tensor drawn in a thread while this one is written:
-    numpy's generator and file writes both release the GIL, so the two overlap. At most two
-    tensors are held at once."""
+    """(parameter, values) pairs; a large tensor is drawn in a thread while the one before it is
+    written: numpy's generator and file writes both release the GIL, so the two overlap. At most
+    two tensors are held at once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    if not pending:
-        return
     with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(pending[0].values)
+        ahead = {}
         for i, p in enumerate(pending):
-            values = future.result()
-            if i + 1 < len(pending):
-                future = pool.submit(pending[i + 1].values)
+            values = ahead.pop(i).result() if i in ahead else p.values()
+            nxt = i + 1
+            if nxt < len(pending) and pending[nxt].nbytes >= PREFETCH_BYTES:
+                ahead[nxt] = pool.submit(pending[nxt].values)
             yield p, values
             del values
 
