@@ -12,20 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from graphcnn.train.checkpoint import load_checkpoint
+from test_train_loop import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEC = """\
-name: tiny
-inputs: {x: [1, 12]}
-nodes:
-  - {id: conv, op: conv1d, channels: 4, kernel: 3}
-  - {id: bn, op: batchnorm1d}
-  - {op: relu}
-  - {op: flatten}
-  - {id: logits, op: linear, features: 3}
-  - {id: probs, op: softmax}
-training: {optimizer: adam, lr: 0.01, epochs: 3, batch: 4, seed: 2}
-"""
+# test_train_loop's tiny network, with small batches so that an epoch lasts long enough to be
+# killed in the middle
+SPEC = TINY.replace("training: {optimizer: sgd, lr: 0.05, momentum: 0.9, epochs: 3, batch: 32, seed: 1}",
+                    "training: {optimizer: adam, lr: 0.01, epochs: 3, batch: 4, seed: 2}")
+assert SPEC != TINY
 
 
 def command(spec: Path, data: Path, out: Path, *extra: str) -> list[str]:
