@@ -19,14 +19,18 @@ class Emitter:
         self.aux: dict[tuple[str, str], str] = {}  # (node id, role) -> value, e.g. pool indices
         self._start = 0
         self._counter = 0
+        self.phase = ""
 
-    def begin(self, node_id: str) -> None:
+    def begin(self, node_id: str, phase: str = "") -> None:
+        """Start a node's ops. `phase` tags their names (training writes a layer's backward as
+        `conv1/grad/ConvTranspose1`, apart from its forward `conv1/Conv1`)."""
         self.node_id, self._start, self._counter = node_id, len(self.nodes), 0
+        self.phase = phase
 
     def op(self, op_type: str, inputs: list[str], outputs: int = 1, **attrs):
         """Append one ONNX node; returns its output name (or names when outputs > 1)."""
         self._counter += 1
-        base = f"{self.node_id}/{op_type}{self._counter}"
+        base = f"{self.node_id}/{self.phase}{op_type}{self._counter}"
         names = [base] if outputs == 1 else [f"{base}:{i}" for i in range(outputs)]
         self.nodes.append(helper.make_node(op_type, list(inputs), names, name=base, **attrs))
         return names[0] if outputs == 1 else names

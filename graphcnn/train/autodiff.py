@@ -9,8 +9,6 @@ gets the sum of their contributions.
 """
 from __future__ import annotations
 
-from onnx import helper
-
 from ..errors import CompileError, GraphCnnError
 from ..graph import CheckedGraph
 from ..lower.emitter import Emitter
@@ -20,21 +18,9 @@ STEP_KEY = ("", "step")  # g.aux entry naming the int64 scalar step (dropout mas
 
 
 class TrainEmitter(Emitter):
-    """An Emitter whose node and constant names carry a phase tag, so the backward nodes of a
-    layer (`conv1/grad/ConvTranspose1`) never collide with its forward ones (`conv1/Conv1`)."""
-
-    phase = ""
-
-    def begin(self, node_id: str, phase: str = "") -> None:
-        super().begin(node_id)
-        self.phase = phase
-
-    def op(self, op_type: str, inputs: list[str], outputs: int = 1, **attrs):
-        self._counter += 1
-        base = f"{self.node_id}/{self.phase}{op_type}{self._counter}"
-        names = [base] if outputs == 1 else [f"{base}:{i}" for i in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=base, **attrs))
-        return names[0] if outputs == 1 else names
+    """The Emitter of training models. Node and op names carry the phase given to begin() (see
+    Emitter.begin); constants owned by a node carry it too, so forward and backward constants
+    of one layer never collide."""
 
     def array(self, name: str, values) -> str:
         return super().array(self.phase + name, values)
