@@ -10,9 +10,13 @@ Tolerance: onnxruntime computes in float32 (not every kernel has float64), so wi
 the reference carries O(1e-4) roundoff and O(eps^2) truncation; we accept 2% relative or
 2e-3 absolute. Ops with kinks (relu, max pool) are tested on random inputs, where no kink lies
 within eps of an input with overwhelming probability.
-(No torch autograd comparison: torch is not installed here.)
+The conv and a small whole network are also checked against torch autograd when torch is
+installed. `GRAPHCNN_TEST_PROVIDER=cuda` runs every check on onnxruntime's CUDA provider
+(tools/check_cuda.py does, on a GPU machine); the default is the CPU.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import onnxruntime as ort
@@ -20,10 +24,19 @@ import pytest
 import yaml
 
 from graphcnn.api import check_spec
+from graphcnn.runtime import resolve_provider
 from graphcnn.spec import NetworkSpec
 from graphcnn.train.step import build_training_step, initial_state
 
 EPS = 3e-3
+PROVIDER = os.environ.get("GRAPHCNN_TEST_PROVIDER", "cpu")
+
+
+def providers_under_test() -> list:
+    """The providers the checks run on. The CUDA provider's default TF32 products keep 10
+    mantissa bits, far too coarse for finite differences, so the checks turn it off."""
+    return [(p, {"use_tf32": "0"}) if p == "CUDAExecutionProvider" else p
+            for p in resolve_provider(PROVIDER)]
 
 
 def compile_step(nodes, inputs, *, batch=2, loss="mse", **optim):
@@ -33,7 +46,7 @@ def compile_step(nodes, inputs, *, batch=2, loss="mse", **optim):
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     sess = ort.InferenceSession(step.model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
+                                providers=providers_under_test())
     return checked, step, sess
 
 

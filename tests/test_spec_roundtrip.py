@@ -181,3 +181,17 @@ def test_random_chains_check_or_run_consistently(data):
     (y,) = ort_run(model, {"x": x})
     assert y.shape == (2, *checked.shape_of(checked.outputs[0]))
     assert np.isfinite(y).all()
+
+
+def test_kernel_registry_read_in_a_child_matches_and_failure_falls_back(monkeypatch):
+    """onnxruntime-gpu builds are read in a child process (reading the registry loads every
+    provider library and crashes where TensorRT is missing); a failed read gives opset 21."""
+    from graphcnn.lower import opset
+
+    assert opset._read_in_child() == opset.read_cpu_registry()
+    monkeypatch.setattr(opset, "_cpu_kernels", lambda: None)
+    opset.newest_runtime_opset.cache_clear()
+    try:
+        assert opset.newest_runtime_opset() == opset.FALLBACK_OPSET
+    finally:
+        opset.newest_runtime_opset.cache_clear()

@@ -181,3 +181,18 @@ def test_training_lowers_the_loss(name):
         losses.append(float(out["loss"]))
     assert np.all(np.isfinite(losses))
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_transposed_convs_have_equal_pads_at_both_ends():
+    """onnxruntime's CUDA provider runs a ConvTranspose on the CPU when its pads differ at the
+    two ends of an axis, so the backward of a 'same' stride-2 conv (pads 0, 1) and of a padded
+    average pool must not emit one."""
+    nodes = [conv("a", 4), conv("c", 4, stride=2),
+             {"op": "avgpool2d", "kernel": 3, "stride": 2, "padding": 1},
+             *HEAD]
+    _, step, _ = compile_step(nodes, {"x": [2, 10, 10]}, batch=2, loss="cross_entropy")
+    transposes = [n for n in step.model.graph.node if n.op_type == "ConvTranspose"]
+    assert len(transposes) == 2  # the first conv needs no input gradient
+    for node in transposes:
+        pads = next(list(a.ints) for a in node.attribute if a.name == "pads")
+        assert pads[:2] == pads[2:], (node.name, pads)

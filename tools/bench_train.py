@@ -1,7 +1,7 @@
 """Milliseconds per training step: graphcnn's ONNX training step in onnxruntime next to the same
 network in PyTorch eager (CPU), both with the same optimizer, in one run.
 
-    python tools/bench_train.py [--steps N] [--threads T] [--optimizer sgd|adam]
+    python tools/bench_train.py [--steps N] [--threads T] [--optimizer sgd|adam] [--provider cpu|cuda]
 
 Networks: the MNIST-1D CNN (specs/mnist1d_cnn.yaml, batch 100) and a small ResNet on 3x32x32
 (batch 64; below). The PyTorch column is left out when torch is not installed. Each number is
@@ -44,7 +44,8 @@ nodes:
 """
 
 
-def graphcnn_ms(checked, batch: int, optimizer: str, steps: int, threads: int | None) -> float:
+def graphcnn_ms(checked, batch: int, optimizer: str, steps: int, threads: int | None,
+                provider: str) -> float:
     from graphcnn.train.data import Batch
     from graphcnn.train.loop import StepRunner, build_step
     from graphcnn.train.recipe import Recipe
@@ -52,7 +53,7 @@ def graphcnn_ms(checked, batch: int, optimizer: str, steps: int, threads: int | 
 
     recipe = Recipe(batch=batch, optimizer=optimizer, lr=0.01, momentum=0.9 * (optimizer == "sgd"))
     step = build_step(checked, recipe)
-    runner = StepRunner(step, initial_state(checked, step, 0), threads=threads)
+    runner = StepRunner(step, initial_state(checked, step, 0), provider, threads)
     x, y = random_batch(checked, batch)
     data = Batch(x, y, np.ones(batch, np.float32), batch)
     counter = iter(range(1, 10 ** 9))
@@ -105,15 +106,15 @@ def torch_models():
     return {"mnist1d_cnn": cnn, "small_resnet": resnet}
 
 
-def torch_ms(model, x, y, optimizer: str, steps: int, threads: int | None) -> float:
+def torch_ms(model, x, y, optimizer: str, steps: int, threads: int | None, provider: str) -> float:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    model.train()
+    model.to(provider).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if optimizer == "sgd" \
         else torch.optim.Adam(model.parameters(), lr=0.01)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    xt, yt = torch.from_numpy(x).to(provider), torch.from_numpy(y).to(provider)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step():
@@ -121,7 +122,7 @@ def torch_ms(model, x, y, optimizer: str, steps: int, threads: int | None) -> fl
         loss = loss_fn(model(xt), yt)
         loss.backward()
         opt.step()
-        return loss.item()  # as graphcnn's loop reads the loss back every step
+        return loss.item()  # as graphcnn's loop reads the loss back (this also waits for a GPU)
 
     return timed(step, steps)
 
@@ -135,6 +136,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="threads for both (default: "
                         "each library's own default)")
     parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    parser.add_argument("--provider", choices=["cpu", "cuda"], default="cpu",
+                        help="onnxruntime execution provider, and PyTorch's device")
     args = parser.parse_args()
     cases = {"mnist1d_cnn": (check_spec(ROOT / "specs" / "mnist1d_cnn.yaml"), 100),
              "small_resnet": (check_spec(NetworkSpec.from_text(RESNET, "small_resnet")), 64)}
@@ -146,11 +149,12 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, (checked, batch) in cases.items():
         steps = args.steps if name == "mnist1d_cnn" else max(5, args.steps // 5)
-        ours = graphcnn_ms(checked, batch, args.optimizer, steps, args.threads)
+        ours = graphcnn_ms(checked, batch, args.optimizer, steps, args.threads, args.provider)
         theirs = "not installed"
         if models is not None:
             x, y = random_batch(checked, batch)
-            theirs = f"{torch_ms(models[name], x, y, args.optimizer, steps, args.threads):.2f}"
+            theirs = f"{torch_ms(models[name], x, y, args.optimizer, steps, args.threads,
+                                     args.provider):.2f}"
         print(f"| {name} | {batch} | {ours:.2f} | {theirs} |", flush=True)
 
 

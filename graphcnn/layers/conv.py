@@ -16,7 +16,8 @@ import numpy as np
 
 from ..errors import ShapeError
 from .base import Layer, Param, Shape, Window, fmt_shape, need_rank, product, register
-from .spatial import PadSpec, onnx_pads, per_axis, resolve_pads, window_output
+from .spatial import (PadSpec, onnx_pads, per_axis, resolve_pads, window_output,
+                      window_transpose)
 
 
 class ConvBase(Layer):
@@ -107,13 +108,11 @@ class ConvBase(Layer):
 
 
 def conv_input_grad(g, dy: str, w: str, shape: Shape, out: Shape, geometry, pads, groups):
-    """The transpose of the conv; output_padding restores input positions that no window
-    reached past the last stride step."""
+    """The transpose of the conv, back to the input's size (rows no window reached get 0)."""
     k, s, d = geometry
-    extra = [n + b + e - dd * (kk - 1) - 1 - ss * (m - 1)
-             for n, (b, e), kk, ss, dd, m in zip(shape[1:], pads, k, s, d, out[1:])]
-    return g.op("ConvTranspose", [dy, w], kernel_shape=list(k), strides=list(s),
-                dilations=list(d), pads=onnx_pads(pads), group=groups, output_padding=extra)
+    return window_transpose(g, dy, w, kernel=k, strides=s, dilations=d,
+                            begins=[b for b, _ in pads], out=out[1:], sizes=shape[1:],
+                            groups=groups)
 
 
 def conv_weight_grad(g, x: str, dy: str, shape: Shape, out: Shape, geometry, pads, groups):

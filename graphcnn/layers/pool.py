@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from .base import GLOBAL, Layer, Shape, Window, need_rank, register
-from .spatial import onnx_pads, per_axis, resolve_pads, window_output
+from .spatial import onnx_pads, per_axis, resolve_pads, window_output, window_transpose
 
 PoolPad = Union[Literal["valid", "same"], int, list[int], list[list[int]]]
 
@@ -106,11 +106,9 @@ class AvgPoolBase(PoolBase):
         shape, pads = shapes[0], self.pads(shapes[0])
         scaled = g.op("Div", [dy, g.array("window_count", self.counts(shape, out))])
         ones = g.array("ones", np.ones((shape[0], 1, *k), np.float32))
-        begins = [(b, 0) for b, _ in pads]  # the end is cut (or padded) to the input's size
-        dx = g.op("ConvTranspose", [scaled, ones], kernel_shape=list(k), strides=list(s),
-                  pads=onnx_pads(begins), group=shape[0])
-        spread = [(m - 1) * ss + kk - b for m, ss, kk, (b, _) in zip(out[1:], s, k, pads)]
-        return [fit(g, dx, spread, shape[1:])], {}
+        return [window_transpose(g, scaled, ones, kernel=k, strides=s, dilations=[1] * len(k),
+                                 begins=[b for b, _ in pads], out=out[1:], sizes=shape[1:],
+                                 groups=shape[0])], {}
 
     def counts(self, shape: Shape, out: Shape) -> np.ndarray:
         """Divisor per output window: its input positions, or with count_include_pad its
@@ -123,16 +121,6 @@ class AvgPoolBase(PoolBase):
             axis = np.minimum(start + kk, high) - np.maximum(start, low)
             grid = np.multiply.outer(grid, axis.astype(np.float32))
         return grid.reshape((1, 1, *out[1:]))
-
-
-def fit(g, x: str, sizes, target) -> str:
-    """Slice or zero-pad the spatial axes from `sizes` to `target`."""
-    for axis, (have, want) in enumerate(zip(sizes, target), start=2):
-        if have > want:
-            x = g.op("Slice", [x, g.ints([0]), g.ints([want]), g.ints([axis])])
-        elif have < want:
-            x = g.op("Pad", [x, g.ints([0, want - have]), "", g.ints([axis])])
-    return x
 
 
 @register

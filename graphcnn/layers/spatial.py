@@ -100,3 +100,32 @@ def window_output(op: str, shape, kernel, stride, dilation, pads, ceil_mode=Fals
 def onnx_pads(pads: list[tuple[int, int]]) -> list[int]:
     """ONNX order: all begins, then all ends."""
     return [p[0] for p in pads] + [p[1] for p in pads]
+
+
+def window_transpose(g, dy: str, w: str, *, kernel, strides, dilations, begins, out, sizes,
+                     groups: int) -> str:
+    """The adjoint of a strided window operation: ConvTranspose of `dy` (spatial sizes `out`)
+    with kernel `w`, output row r*s + t*d - begin, cut or zero-padded to the input's `sizes`.
+    Pads stay equal at both ends of every axis, because onnxruntime's CUDA provider moves a
+    ConvTranspose with unequal pads to the CPU (seen with 1.31); output_padding, a Slice and a
+    Pad do the rest, and for the usual symmetric convs none of them is needed."""
+    pads, extra, starts, ends, haves, short = [], [], [], [], [], []
+    for n, m, k, s, d, b in zip(sizes, out, kernel, strides, dilations, begins):
+        full = (m - 1) * s + d * (k - 1) + 1  # rows the unpadded transpose writes
+        p = min(b, (full - 1) // 2)
+        op = min(max(b + n - (full - p), 0), s - 1)
+        haves.append(full - 2 * p + op)  # output rows; the first is input row p - b
+        pads.append((p, p))
+        extra.append(op)
+        starts.append(b - p)
+        ends.append(min(haves[-1], b - p + n))
+        short.append(b - p + n - ends[-1])
+    dx = g.op("ConvTranspose", [dy, w], kernel_shape=list(kernel), strides=list(strides),
+              dilations=list(dilations), pads=onnx_pads(pads), group=groups,
+              output_padding=extra)
+    axes = g.ints(range(2, len(sizes) + 2))
+    if any(starts) or ends != haves:
+        dx = g.op("Slice", [dx, g.ints(starts), g.ints(ends), axes])
+    if any(short):
+        dx = g.op("Pad", [dx, g.ints([0] * len(sizes) + short), "", axes])
+    return dx

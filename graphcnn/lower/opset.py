@@ -22,8 +22,26 @@ EMITTED = ("Add", "AveragePool", "BatchNormalization", "Cast", "Concat", "Conv",
            "Softmax", "Sub", "Sum", "Tanh", "Transpose")
 
 
+# Used when the kernel registry cannot be read: every op graphcnn emits runs at opset 21 in
+# onnxruntime >= 1.18, the oldest release graphcnn supports.
+FALLBACK_OPSET = 21
+
+
 @functools.lru_cache(maxsize=1)
-def _cpu_kernels() -> dict[str, list[tuple[int, int]]]:
+def _cpu_kernels() -> dict[str, list[tuple[int, int]]] | None:
+    """op -> version ranges of the CPU provider's kernels; None when they cannot be read.
+
+    Reading the registry makes onnxruntime load every provider library it was built with, and
+    in onnxruntime-gpu a provider whose libraries are missing (TensorRT, usually) crashes the
+    process (seen with 1.31.1). So only a CPU-only build is read in-process; others in a child."""
+    import onnxruntime as ort
+
+    if set(ort.get_available_providers()) <= {"CPUExecutionProvider", "AzureExecutionProvider"}:
+        return read_cpu_registry()
+    return _read_in_child()
+
+
+def read_cpu_registry() -> dict[str, list[tuple[int, int]]]:
     from onnxruntime.capi import onnxruntime_pybind11_state as C
 
     ranges: dict[str, list[tuple[int, int]]] = {}
@@ -33,17 +51,34 @@ def _cpu_kernels() -> dict[str, list[tuple[int, int]]]:
     return ranges
 
 
+def _read_in_child() -> dict[str, list[tuple[int, int]]] | None:
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json; from graphcnn.lower.opset import read_cpu_registry; "
+            "print(json.dumps(read_cpu_registry()))")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=120, check=True)
+        return {op: [tuple(r) for r in rs] for op, rs in json.loads(done.stdout).items()}
+    except (subprocess.SubprocessError, OSError, ValueError):
+        return None
+
+
 def _runs(op: str, version: int) -> bool:
     try:
         since = onnx.defs.get_schema(op, version).since_version
     except onnx.defs.SchemaError:
         return False
-    return any(start <= since <= end for start, end in _cpu_kernels().get(op, []))
+    return any(start <= since <= end for start, end in (_cpu_kernels() or {}).get(op, []))
 
 
 @functools.lru_cache(maxsize=64)
 def newest_runtime_opset(op_types: tuple[str, ...] = EMITTED) -> int:
     """The newest opset (not above onnx's) at which onnxruntime's CPU provider runs every op."""
+    if _cpu_kernels() is None:
+        return min(FALLBACK_OPSET, onnx.defs.onnx_opset_version())
     for version in range(onnx.defs.onnx_opset_version(), MIN_OPSET - 1, -1):
         if all(_runs(op, version) for op in op_types):
             return version
