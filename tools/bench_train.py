@@ -5,7 +5,8 @@ network in PyTorch eager (CPU), both with the same optimizer, in one run.
 
 Networks: the MNIST-1D CNN (specs/mnist1d_cnn.yaml, batch 100) and a small ResNet on 3x32x32
 (batch 64; below). The PyTorch column is left out when torch is not installed. Each number is
-the median over several timed rounds after warm-up steps.
+the median over seven timed rounds after warm-up steps, the two libraries' rounds
+alternating; the ratio is graphcnn's time over PyTorch's.
 """
 from __future__ import annotations
 
@@ -44,8 +45,7 @@ nodes:
 """
 
 
-def graphcnn_ms(checked, batch: int, optimizer: str, steps: int, threads: int | None,
-                provider: str) -> float:
+def graphcnn_step(checked, batch: int, optimizer: str, threads: int | None, provider: str):
     from graphcnn.train.data import Batch
     from graphcnn.train.loop import StepRunner, build_step
     from graphcnn.train.recipe import Recipe
@@ -57,7 +57,7 @@ def graphcnn_ms(checked, batch: int, optimizer: str, steps: int, threads: int | 
     x, y = random_batch(checked, batch)
     data = Batch(x, y, np.ones(batch, np.float32), batch)
     counter = iter(range(1, 10 ** 9))
-    return timed(lambda: runner.run(data, recipe.lr, next(counter)), steps)
+    return lambda: runner.run(data, recipe.lr, next(counter))
 
 
 def random_batch(checked, batch: int):
@@ -68,16 +68,20 @@ def random_batch(checked, batch: int):
             rng.integers(0, classes, batch).astype(np.int64))
 
 
-def timed(fn, steps: int, rounds: int = 5) -> float:
-    for _ in range(max(3, steps // 5)):
-        fn()
-    per_round = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(steps):
+def alternated(fns: list, steps: int, rounds: int = 7) -> list[float]:
+    """Median ms per step of each function, timed in alternating rounds of `steps` steps, so
+    that a busy spell on this shared machine hits both sides alike."""
+    for fn in fns:
+        for _ in range(max(3, steps // 5)):
             fn()
-        per_round.append((time.perf_counter() - start) * 1000 / steps)
-    return statistics.median(per_round)
+    per_round = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, times in zip(fns, per_round):
+            start = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            times.append((time.perf_counter() - start) * 1000 / steps)
+    return [statistics.median(times) for times in per_round]
 
 
 def torch_models():
@@ -106,7 +110,7 @@ def torch_models():
     return {"mnist1d_cnn": cnn, "small_resnet": resnet}
 
 
-def torch_ms(model, x, y, optimizer: str, steps: int, threads: int | None, provider: str) -> float:
+def torch_step(model, x, y, optimizer: str, threads: int | None, provider: str):
     import torch
 
     if threads:
@@ -124,7 +128,7 @@ def torch_ms(model, x, y, optimizer: str, steps: int, threads: int | None, provi
         opt.step()
         return loss.item()  # as graphcnn's loop reads the loss back (this also waits for a GPU)
 
-    return timed(step, steps)
+    return step
 
 
 def main() -> None:
@@ -145,17 +149,17 @@ def main() -> None:
         models = torch_models()
     except ImportError:
         models = None
-    print("| network | batch | graphcnn + onnxruntime (ms/step) | PyTorch eager (ms/step) |")
-    print("|---|---|---|---|")
+    print("| network | batch | graphcnn + onnxruntime (ms/step) | PyTorch eager (ms/step) | ratio |")
+    print("|---|---|---|---|---|")
     for name, (checked, batch) in cases.items():
         steps = args.steps if name == "mnist1d_cnn" else max(5, args.steps // 5)
-        ours = graphcnn_ms(checked, batch, args.optimizer, steps, args.threads, args.provider)
-        theirs = "not installed"
+        fns = [graphcnn_step(checked, batch, args.optimizer, args.threads, args.provider)]
         if models is not None:
             x, y = random_batch(checked, batch)
-            theirs = f"{torch_ms(models[name], x, y, args.optimizer, steps, args.threads,
-                                     args.provider):.2f}"
-        print(f"| {name} | {batch} | {ours:.2f} | {theirs} |", flush=True)
+            fns.append(torch_step(models[name], x, y, args.optimizer, args.threads, args.provider))
+        ours, *theirs = alternated(fns, steps)
+        cells = f"{theirs[0]:.2f} | {ours / theirs[0]:.2f}" if theirs else "not installed | -"
+        print(f"| {name} | {batch} | {ours:.2f} | {cells} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,10 @@ class Relu(Elementwise):
         return g.op("Relu", xs)
 
     def vjp(self, g, xs, shapes, out, y, dy):
-        return [g.op("Mul", [dy, g.op("Sign", [y])])], {}  # y >= 0, so Sign(y) is the 0/1 mask
+        # The 0/1 mask as Cast(y > 0): onnxruntime's Sign and Where kernels run on one thread
+        # and took 3x and 10x as long (a [64, 16, 32, 32] batch: 1.25 / 4.5 / 0.45 ms).
+        mask = g.op("Cast", [g.op("Greater", [y, g.scalar(0.0)])], to=g.float_type)
+        return [g.op("Mul", [dy, mask])], {}
 
 
 @register

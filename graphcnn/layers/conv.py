@@ -108,11 +108,31 @@ class ConvBase(Layer):
 
 
 def conv_input_grad(g, dy: str, w: str, shape: Shape, out: Shape, geometry, pads, groups):
-    """The transpose of the conv, back to the input's size (rows no window reached get 0)."""
+    """The transpose of the conv, back to the input's size (rows no window reached get 0).
+    With stride 1 it is itself a conv, of dY with the flipped, in/out-swapped kernel and pads
+    keff - 1 - pad: onnxruntime's Conv uses both cores where its ConvTranspose used one
+    (a [64, 16, 32, 32] 3x3 dX: 2.8 against 5.7 ms on 2 threads, 5.2 against 4.7 on one)."""
     k, s, d = geometry
+    reach = [dd * (kk - 1) for kk, dd in zip(k, d)]
+    flipped_pads = [(r - b, r - e) for r, (b, e) in zip(reach, pads)]
+    if all(ss == 1 for ss in s) and all(b >= 0 and e >= 0 for b, e in flipped_pads):
+        return g.op("Conv", [dy, flipped_kernel(g, w, shape[0], out[0], k, groups)],
+                    kernel_shape=list(k), dilations=list(d), pads=onnx_pads(flipped_pads),
+                    group=groups)
     return window_transpose(g, dy, w, kernel=k, strides=s, dilations=d,
                             begins=[b for b, _ in pads], out=out[1:], sizes=shape[1:],
                             groups=groups)
+
+
+def flipped_kernel(g, w: str, c_in: int, c_out: int, k, groups: int) -> str:
+    """[C_out, C_in/g, *k] -> [C_in, C_out/g, *k] per group, every spatial axis reversed."""
+    dims = len(k)
+    per_group = g.op("Reshape", [w, g.ints([groups, c_out // groups, c_in // groups, *k])])
+    swapped = g.op("Transpose", [per_group], perm=[0, 2, 1, *range(3, dims + 3)])
+    w_t = g.op("Reshape", [swapped, g.ints([c_in, c_out // groups, *k])])
+    axes = list(range(2, dims + 2))
+    return g.op("Slice", [w_t, g.ints([-1] * dims), g.ints([-2 ** 63] * dims), g.ints(axes),
+                          g.ints([-1] * dims)])
 
 
 def conv_weight_grad(g, x: str, dy: str, shape: Shape, out: Shape, geometry, pads, groups):
