@@ -22,9 +22,10 @@ class Relu(Elementwise):
         return g.op("Relu", xs)
 
     def vjp(self, g, xs, shapes, out, y, dy):
-        # The 0/1 mask as Cast(y > 0): onnxruntime's Sign and Where kernels run on one thread
-        # and took 3x and 10x as long (a [64, 16, 32, 32] batch: 1.25 / 4.5 / 0.45 ms).
-        mask = g.op("Cast", [g.op("Greater", [y, g.scalar(0.0)])], to=g.float_type)
+        # y >= 0, so Ceil(Clip(y, 0, 1)) is exactly the 0/1 mask. onnxruntime runs Clip and
+        # Ceil vectorized on all threads; mask and product took 2.5 ms on a [64, 64, 32, 32]
+        # batch (2 threads), Greater + Cast 3.9, Sign 8.3, Where 4x as long as Mul.
+        mask = g.op("Ceil", [g.op("Clip", [y, g.scalar(0.0), g.scalar(1.0)])])
         return [g.op("Mul", [dy, mask])], {}
 
 
