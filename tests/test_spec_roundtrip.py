@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -195,3 +196,15 @@ def test_kernel_registry_read_in_a_child_matches_and_failure_falls_back(monkeypa
         assert opset.newest_runtime_opset() == opset.FALLBACK_OPSET
     finally:
         opset.newest_runtime_opset.cache_clear()
+
+
+def test_default_opset_is_one_onnxruntime_loads():
+    """onnxruntime's kernel registry can reach past what its loader takes (1.31 registers opset
+    27 kernels but loads models up to opset 26, IR version 13): the default stays within both."""
+    from graphcnn.lower import opset
+
+    newest = opset.runtime_loads_up_to()
+    assert opset.MIN_OPSET <= opset.newest_runtime_opset() <= newest
+    model = graphcnn.compile_spec(python_spec())
+    assert model.ir_version == onnx.helper.find_min_ir_version_for(list(model.opset_import))
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -78,10 +78,35 @@ def _runs(op: str, version: int) -> bool:
 def newest_runtime_opset(op_types: tuple[str, ...] = EMITTED) -> int:
     """The newest opset (not above onnx's) at which onnxruntime's CPU provider runs every op."""
     if _cpu_kernels() is None:
-        return min(FALLBACK_OPSET, onnx.defs.onnx_opset_version())
-    for version in range(onnx.defs.onnx_opset_version(), MIN_OPSET - 1, -1):
+        return min(FALLBACK_OPSET, runtime_loads_up_to())
+    for version in range(runtime_loads_up_to(), MIN_OPSET - 1, -1):
         if all(_runs(op, version) for op in op_types):
             return version
+    return MIN_OPSET
+
+
+@functools.lru_cache(maxsize=1)
+def runtime_loads_up_to() -> int:
+    """The newest opset (not above onnx's) whose models onnxruntime loads at all. Its kernel
+    registry can reach further than its loader: onnxruntime 1.31 registers kernels for opset
+    27 but refuses models above opset 26 and above IR version 13. Probed with a one-node model
+    per opset, stamped with the IR version onnx gives that opset."""
+    import onnxruntime as ort
+
+    helper = onnx.helper
+    for version in range(onnx.defs.onnx_opset_version(), MIN_OPSET, -1):
+        opsets = [helper.make_opsetid("", version)]
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])], "probe",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+        model = helper.make_model(graph, opset_imports=opsets,
+                                  ir_version=helper.find_min_ir_version_for(opsets))
+        try:
+            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            return version
+        except Exception:  # noqa: BLE001 (onnxruntime's own exception types)
+            continue
     return MIN_OPSET
 
 
