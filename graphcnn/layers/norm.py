@@ -90,7 +90,7 @@ def batchnorm_vjp(g, dy: str, shape: Shape, prefix: str):
     """dx = inv * (dxhat - rows * (mean(dxhat) + xhat * mean(dxhat * xhat))) with dxhat = w * dy,
     xhat = centered * inv and means over the real rows; a padding row only gets its own path
     inv * dxhat (it moved no statistic). Written as dx = a * dy - (centered * rc + rb) with
-    a = inv * w, rb = rows * a * mean(dy), rc = rows * a * inv^2 * mean(dy * centered): three
+    a = inv * w, rb = rows * a * mean(dy), rc = rows * a * inv^2 * mean(dy * centered): four
     full-size passes after the sums instead of ten."""
     centered, inv, rows, count = (g.aux[(g.node_id, prefix + k)]
                                   for k in ("centered", "inv", "rows", "count"))
@@ -105,23 +105,8 @@ def batchnorm_vjp(g, dy: str, shape: Shape, prefix: str):
     # xhat * mean(dxhat * xhat) = centered * inv * (w * inv * mean(dy * centered)), times inv
     slope = g.op("Mul", [g.op("Mul", [a, g.op("Mul", [inv, inv])]), real_sum(g, by_sample_c, rows, count)])
     rb, rc = g.op("Mul", [rows, shift]), g.op("Mul", [rows, slope])
-    scaled = scale_shift_rows(g, dy, a, g.op("Neg", [rb]), shape)   # a * dy - rb
-    return g.op("Sub", [scaled, g.op("Mul", [centered, rc])]), grads
-
-
-def scale_shift_rows(g, x: str, scale: str, shift: str, shape: Shape) -> str:
-    """x * scale + shift with scale [1, C, 1..] and shift [N, C, 1..] in one pass: the
-    inference-mode BatchNormalization op over x viewed as [1, N*C, positions], whose "channel"
-    vectors are the per-(sample, channel) factors (mean 0, variance 1; an epsilon of 1e-12
-    leaves sqrt(1 + eps) exactly 1 in float32). Mul and Add took two passes."""
-    flat = g.ints([-1])
-    rows = g.op("Reshape", [shift, flat])
-    scales = g.op("Reshape", [g.op("Add", [g.op("Mul", [shift, g.scalar(0.0)]), scale]), flat])
-    zeros = g.op("Mul", [rows, g.scalar(0.0)])
-    ones = g.op("Add", [zeros, g.scalar(1.0)])
-    view = g.op("Reshape", [x, g.ints([1, -1, product(shape[1:])])])
-    y = g.op("BatchNormalization", [view, scales, rows, zeros, ones], epsilon=1e-12)
-    return g.op("Reshape", [y, g.op("Shape", [x])])
+    correction = g.op("Add", [g.op("Mul", [centered, rc]), rb])
+    return g.op("Sub", [g.op("Mul", [dy, a]), correction]), grads
 
 
 def channel_vector(g, v: str, shape: Shape) -> str:
