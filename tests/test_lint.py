@@ -115,12 +115,17 @@ def random_weights(checked, rng) -> dict[str, np.ndarray]:
             for n in checked.nodes for name, p in n.params.items()}
 
 
+# Lowered portably already without --portable: a ceil_mode window starting in the padding
+# (GC101) makes every pool lower in floor mode, with explicit padding when pads are counted.
+ALREADY_PORTABLE = {"avg_in_padding", "max_window_in_padding"}
+
+
 @pytest.mark.parametrize("case", sorted(REWRITES))
 def test_rewrite_matches_original(tmp_path, case):
     shape, nodes, rules = REWRITES[case]
     checked = check_spec(write_spec(tmp_path, case, shape, nodes))
     assert {f.rule.id for f in lint(checked)} == rules
-    compare_rewrite(checked, shape, seed=len(case))
+    compare_rewrite(checked, shape, seed=len(case), changes=case not in ALREADY_PORTABLE)
 
 
 def test_grouped_conv_transpose_rewrite(tmp_path):
@@ -130,13 +135,13 @@ def test_grouped_conv_transpose_rewrite(tmp_path):
     compare_rewrite(checked, [4, 6], seed=3, reference=False)
 
 
-def compare_rewrite(checked, shape, seed, reference=True):
+def compare_rewrite(checked, shape, seed, reference=True, changes=True):
     rewritten, notes = portable(checked)
     assert notes and rewritten is not checked
     rng = np.random.default_rng(seed)
     weights = random_weights(checked, rng)
     original, new = (lower(c, weights=weights) for c in (checked, rewritten))
-    assert list(original.graph.node) != list(new.graph.node)
+    assert (list(original.graph.node) != list(new.graph.node)) == changes
     onnx.checker.check_model(new, full_check=True)
     x = rng.standard_normal((2, *shape)).astype(np.float32)
     want, got = ort_run(original, {"x": x})[0], ort_run(new, {"x": x})[0]

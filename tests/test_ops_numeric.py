@@ -205,3 +205,27 @@ def test_flatten_then_linear_chain():
     h = ref.ACTIVATIONS["relu"](h).reshape(2, -1)
     np.testing.assert_allclose(y, ref.linear(h, w["fc.weight"], w["fc.bias"]), rtol=1e-4, atol=1e-5)
     assert checked.total_params == 2 * 3 * 3 + 3 + 12 * 4 + 4
+
+
+@pytest.mark.parametrize("op,fields", [
+    ("maxpool2d", {}), ("avgpool2d", {}), ("avgpool2d", {"count_include_pad": True})])
+@pytest.mark.parametrize("opset", [21, None])
+def test_ceil_window_starting_in_padding_means_the_same_at_every_opset(op, fields, opset):
+    """ceil_mode whose last window would start in the end padding (lint GC101): graphcnn and
+    PyTorch drop it, ONNX before opset 22 keeps it; the lowering must give the checked shape
+    and the same values at opset 21 as at the newest."""
+    import yaml
+
+    from graphcnn.api import check_spec, compile_spec
+    from graphcnn.spec import NetworkSpec
+
+    text = yaml.safe_dump({"name": "p", "inputs": {"x": [2, 7, 6]}, "nodes": [
+        {"id": "p", "op": op, "kernel": 2, "stride": 2, "padding": 1, "ceil_mode": True,
+         **fields}]})
+    spec = NetworkSpec.from_text(text)
+    want = check_spec(spec).shape_of("p")
+    x = np.random.default_rng(0).standard_normal((3, 2, 7, 6)).astype(np.float32)
+    (got,) = ort_run(compile_spec(spec, opset=opset), {"x": x})
+    (newest,) = ort_run(compile_spec(spec), {"x": x})
+    assert got.shape[1:] == tuple(want)
+    np.testing.assert_allclose(got, newest, rtol=1e-6, atol=1e-6)

@@ -56,8 +56,25 @@ class PoolBase(Layer):
 
     def attrs(self, shape: Shape) -> dict:
         k, s, _ = self.geometry()
-        return dict(kernel_shape=list(k), strides=list(s), pads=onnx_pads(self.pads(shape)),
-                    ceil_mode=int(self.ceil_mode))
+        pads, ceil = self.pads(shape), self.ceil_mode
+        if self.drops_last_window(shape):
+            pads, ceil = floor_pads(self, shape, self.infer([shape])), False
+        return dict(kernel_shape=list(k), strides=list(s), pads=onnx_pads(pads),
+                    ceil_mode=int(ceil))
+
+    def drops_last_window(self, shape: Shape) -> bool:
+        """ceil_mode, and its last window would start in the end padding: this pool drops that
+        window (as PyTorch and onnxruntime at opset 22+ do), but ONNX's rule before opset 22
+        keeps it. Such a pool is lowered in floor mode with the end padding grown to give the
+        same windows, so the model means the same at every opset (and on every host)."""
+        if not self.ceil_mode:
+            return False
+        k, s, _ = self.geometry()
+        for n, kk, ss, (b, e) in zip(shape[1:], k, s, self.pads(shape)):
+            last_start = -(-(n + b + e - kk) // ss) * ss
+            if last_start >= n + b:
+                return True
+        return False
 
     def lower(self, g, xs, shapes, out):
         return g.op(self.onnx_op, [xs[0]], **self.attrs(shapes[0]))
@@ -84,6 +101,16 @@ class MaxPoolBase(PoolBase):
         return [scatter_add(g, xs[0], g.aux[(g.node_id, "indices")], dy)], {}
 
 
+def floor_pads(layer, shape, out) -> list[tuple[int, int]]:
+    """Padding that makes floor mode give `out`'s window count: the end padding grows by the
+    overhang of the last window (never to the kernel size: that window starts before the end
+    padding, the drop rule)."""
+    k, s, _ = layer.geometry()
+    pads = layer.pads(shape)
+    return [(b, max(e, (n - 1) * ss + kk - L - b))
+            for L, n, kk, ss, (b, e) in zip(shape[1:], out[1:], k, s, pads)]
+
+
 def scatter_add(g, x: str, indices: str, dy: str) -> str:
     zeros = g.op("ConstantOfShape", [g.op("Shape", [x])])
     flat = g.op("Reshape", [zeros, g.ints([-1])])
@@ -98,6 +125,26 @@ class AvgPoolBase(PoolBase):
 
     def attrs(self, shape: Shape) -> dict:
         return {**super().attrs(shape), "count_include_pad": int(self.count_include_pad)}
+
+    def lower(self, g, xs, shapes, out):
+        # Grown end padding would change count_include_pad's divisors: pad explicitly instead
+        if self.count_include_pad and self.drops_last_window(shapes[0]):
+            return self.lower_padded(g, xs, shapes, out)
+        return super().lower(g, xs, shapes, out)
+
+    def lower_padded(self, g, xs, shapes, out):
+        """Explicit zero Pad, then AveragePool with no padding at all (every window full, so the
+        divisor is the kernel size on every host), times prod(kernel) / the true divisor."""
+        k, s, _ = self.geometry()
+        pads = floor_pads(self, shapes[0], out)
+        padded = g.op("Pad", [xs[0], g.ints([0, 0, *(b for b, _ in pads), 0, 0,
+                                             *(e for _, e in pads)]), g.scalar(0.0)],
+                      mode="constant")
+        y = g.op("AveragePool", [padded], kernel_shape=list(k), strides=list(s))
+        fix = float(np.prod(k)) / self.counts(shapes[0], out)
+        if np.all(fix == 1):
+            return y
+        return g.op("Mul", [y, g.array("divisor_fix", fix.astype(np.float32))])
 
     def vjp(self, g, xs, shapes, out, y, dy):
         """Each output's gradient divided by its window's count, spread evenly over the window:

@@ -8,24 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
 from ..graph import CheckedGraph
 from ..layers.conv import ConvTransposeBase
-from ..layers.pool import AvgPoolBase, MaxPoolBase
+from ..layers.pool import AvgPoolBase, MaxPoolBase, floor_pads
 from ..layers.resample import Upsample
 from ..layers.spatial import onnx_pads, per_axis
 from .findings import lint
-
-
-def floor_pads(layer, shape, out) -> list[tuple[int, int]]:
-    """Padding that makes floor mode give `out`'s window count: the end padding grows by the
-    overhang of the last window (never to the kernel size: that window starts before the end
-    padding, the drop rule)."""
-    k, s, _ = layer.geometry()
-    pads = layer.pads(shape)
-    return [(b, max(e, (n - 1) * ss + kk - L - b))
-            for L, n, kk, ss, (b, e) in zip(shape[1:], out[1:], k, s, pads)]
 
 
 def max_pool_attrs(self, shape):
@@ -38,17 +26,8 @@ def max_pool_attrs(self, shape):
 
 
 def avg_pool_lower(self, g, xs, shapes, out):
-    """Explicit zero Pad, then AveragePool with no padding at all (every window full, so the
-    divisor is the kernel size on every host), times prod(kernel) / the true divisor."""
-    k, s, _ = self.geometry()
-    pads = floor_pads(self, shapes[0], out)
-    padded = g.op("Pad", [xs[0], g.ints([0, 0, *(b for b, _ in pads), 0, 0, *(e for _, e in pads)]),
-                          g.scalar(0.0)], mode="constant")
-    y = g.op("AveragePool", [padded], kernel_shape=list(k), strides=list(s))
-    fix = float(np.prod(k)) / self.counts(shapes[0], out)
-    if np.all(fix == 1):
-        return y
-    return g.op("Mul", [y, g.array("divisor_fix", fix.astype(np.float32))])
+    """Explicit zero padding and a divisor fix: the same divisors on every host."""
+    return self.lower_padded(g, xs, shapes, out)
 
 
 def nearest_lower(self, g, xs, shapes, out):

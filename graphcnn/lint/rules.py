@@ -136,8 +136,9 @@ RULES: tuple[Rule, ...] = (
           "https://github.com/onnx/onnx/issues/4958",
           "https://github.com/pytorch/pytorch/issues/116420",
           f"{ONNX_OPS}#MaxPool"),
-         "--portable uses floor mode with the end padding enlarged to the same window count "
-         "(max pooling: larger pads; average: explicit zero Pad and an exact divisor map)", True),
+         "graphcnn always lowers such a pool in floor mode with the end padding enlarged to the "
+         "same window count (so the ONNX file means the same at every opset); --portable also "
+         "gives average pooling an explicit zero Pad and an exact divisor map", True),
     Rule("GC102", "ceil_mode pooling with a partial last window", ceil_partial,
          "The last window hangs over the padded input. TensorFlow/Keras have no ceil_mode (only "
          "'valid'/'same'), and for average pooling hosts disagree on its divisor: PyTorch divides "
