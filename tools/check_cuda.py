@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from bench_train import random_batch  # a sibling script: tools/ is the script's own folder
 
 ROOT = Path(__file__).resolve().parent.parent
 CUDA_EXACT = ("CUDAExecutionProvider", {"use_tf32": "0"})
@@ -50,13 +51,10 @@ def placement(step, values, feeds) -> collections.Counter:
     return collections.Counter(seen.values())
 
 
-def step_feeds(step, checked, batch, rng, t, lr=0.01):
-    (shape,) = checked.inputs.values()
-    classes = checked.shape_of(checked.outputs[0])[-1]
-    return {step.data_input: rng.standard_normal((batch, *shape)).astype(np.float32),
-            step.label_input: rng.integers(0, classes, batch).astype(np.int64),
-            "mask": np.ones(batch, np.float32), step.lr_input: np.array(lr, np.float32),
-            step.step_input: np.array(t, np.int64)}
+def step_feeds(step, checked, batch, t, lr=0.01):
+    x, y = random_batch(checked, batch)
+    return {step.data_input: x, step.label_input: y, "mask": np.ones(batch, np.float32),
+            step.lr_input: np.array(lr, np.float32), step.step_input: np.array(t, np.int64)}
 
 
 def train_both(checked, batch: int, steps: int):
@@ -69,8 +67,8 @@ def train_both(checked, batch: int, steps: int):
     for providers in (["CPUExecutionProvider"], [CUDA_EXACT, "CPUExecutionProvider"]):
         sess = ort.InferenceSession(step.model.SerializeToString(), providers=providers)
         names = [o.name for o in sess.get_outputs()]
-        values, losses, rng = dict(start), [], np.random.default_rng(1)
-        feeds = step_feeds(step, checked, batch, rng, 1)
+        values, losses = dict(start), []
+        feeds = step_feeds(step, checked, batch, 1)
         for t in range(1, steps + 1):
             feeds[step.step_input] = np.array(t, np.int64)
             out = dict(zip(names, sess.run(None, {**feeds, **values})))
@@ -83,7 +81,7 @@ def train_both(checked, batch: int, steps: int):
     # near 1e-9 on both devices) from counting as a 100% difference.
     param_diff = max(float(np.max(np.abs(cpu_v[n] - gpu_v[n])) / max(np.max(np.abs(cpu_v[n])), 1e-3))
                      for n in step.params)
-    where = placement(step, start, step_feeds(step, checked, batch, np.random.default_rng(1), 1))
+    where = placement(step, start, step_feeds(step, checked, batch, 1))
     return cpu_l, gpu_l, loss_diff, param_diff, where
 
 

@@ -67,14 +67,17 @@ class PoolBase(Layer):
         window (as PyTorch and onnxruntime at opset 22+ do), but ONNX's rule before opset 22
         keeps it. Such a pool is lowered in floor mode with the end padding grown to give the
         same windows, so the model means the same at every opset (and on every host)."""
+        return self.dropped_window_axis(shape) is not None
+
+    def dropped_window_axis(self, shape: Shape) -> int | None:
+        """The first spatial axis whose last ceil_mode window would start in the end padding."""
         if not self.ceil_mode:
-            return False
+            return None
         k, s, _ = self.geometry()
-        for n, kk, ss, (b, e) in zip(shape[1:], k, s, self.pads(shape)):
-            last_start = -(-(n + b + e - kk) // ss) * ss
-            if last_start >= n + b:
-                return True
-        return False
+        for axis, (n, kk, ss, (b, e)) in enumerate(zip(shape[1:], k, s, self.pads(shape))):
+            if -(-(n + b + e - kk) // ss) * ss >= n + b:
+                return axis
+        return None
 
     def lower(self, g, xs, shapes, out):
         return g.op(self.onnx_op, [xs[0]], **self.attrs(shapes[0]))

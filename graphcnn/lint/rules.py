@@ -41,16 +41,17 @@ def pool_axes(node):
 
 
 def ceil_in_padding(node) -> str | None:
-    if not isinstance(node.layer, PoolBase) or not node.layer.ceil_mode:
+    if not isinstance(node.layer, PoolBase):
         return None
-    for axis, (L, k, s, (b, e), _, raw) in enumerate(pool_axes(node)):
-        start = (raw - 1) * s
-        if start >= L + b:
-            return (f"on spatial axis {axis} a last window would start at padded position {start}, "
-                    f"inside the end padding (input {L} + begin pad {b}): PyTorch, onnxruntime "
-                    f"and onnx.reference drop it ({raw - 1} outputs), ONNX shape inference before "
-                    f"opset 22 and hosts without the drop rule give {raw}")
-    return None
+    axis = node.layer.dropped_window_axis(node.in_shapes[0])
+    if axis is None:
+        return None
+    L, _, s, (b, _), _, raw = pool_axes(node)[axis]
+    start = (raw - 1) * s
+    return (f"on spatial axis {axis} a last window would start at padded position {start}, "
+            f"inside the end padding (input {L} + begin pad {b}): PyTorch, onnxruntime "
+            f"and onnx.reference drop it ({raw - 1} outputs), ONNX shape inference before "
+            f"opset 22 and hosts without the drop rule give {raw}")
 
 
 def ceil_partial(node) -> str | None:

@@ -71,7 +71,7 @@ def _runs(op: str, version: int) -> bool:
         since = onnx.defs.get_schema(op, version).since_version
     except onnx.defs.SchemaError:
         return False
-    return any(start <= since <= end for start, end in (_cpu_kernels() or {}).get(op, []))
+    return any(start <= since <= end for start, end in _cpu_kernels().get(op, []))
 
 
 @functools.lru_cache(maxsize=64)
