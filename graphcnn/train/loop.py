@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..blocked import for_providers
 from ..errors import RunError
 from ..runtime import resolve_provider
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -53,8 +54,9 @@ class StepRunner:
         # of 7.2 s when they went on spinning between steps).
         options.add_session_config_entry("session.intra_op.allow_spinning", "1")
         options.add_session_config_entry("session.force_spinning_stop", "1")
-        self.sess = ort.InferenceSession(step.model.SerializeToString(), options,
-                                         providers=resolve_provider(provider))
+        providers = resolve_provider(provider)
+        model = for_providers(step.model, providers)
+        self.sess = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
         self.device = "cuda" if self.sess.get_providers()[0].startswith("CUDA") else "cpu"
         self.current = {n: self._upload(values[n]) for n in self.names}
         self.spare = {n: self._upload(np.empty_like(values[n])) for n in self.names}
@@ -111,7 +113,8 @@ class Evaluator:
         from ..runtime import session
 
         self.checked, self.loss, self.chunk = checked, loss, chunk
-        self.sess = session(evaluation_model(checked), provider)
+        self.sess = session(for_providers(evaluation_model(checked), resolve_provider(provider)),
+                            provider)
         self.names = weight_names(checked)
         self.probabilities = checked.node(checked.outputs[0]).op == "softmax"
 

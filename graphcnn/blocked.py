@@ -1,0 +1,221 @@
+"""onnxruntime's blocked-layout (NCHWc) convolutions for models whose conv weights are inputs.
+
+onnxruntime's CPU provider runs a 2-D Conv fastest in its NCHWc layout (channels in blocks of
+8 or 16, the block size its kernels were built for on this CPU), but its optimizer moves a Conv
+there only when the weight is a constant, because the filter has to be reordered. In the
+training step the weights are inputs, so every conv ran in plain NCHW (im2col + GEMM).
+`blocked_convs` rewrites such a Conv as onnxruntime's own optimizer would (ReorderInput ->
+com.microsoft.nchwc Conv -> ReorderOutput), with the filter reordered at run time by a Gather.
+
+Nothing about the layout is written down here: for each conv signature, a probe model whose
+constant weight holds 1, 2, 3, ... is handed to onnxruntime's optimizer, and the optimized
+model's reordered weight then says where each weight element goes (0 marks padding). The
+rewritten conv is checked against the plain Conv on random data before it is used; a signature
+the optimizer leaves alone (1-D or 3-D convs, a CPU without NCHWc kernels, float64) or that
+fails the check keeps its plain Conv. The rewritten model needs onnxruntime's CPU provider:
+it is built for a session, never written to a file the user gets.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+BLOCKED_DOMAIN = "com.microsoft.nchwc"
+SWITCH = "GRAPHCNN_NCHWC"  # "0" turns the rewrite off (to compare numerics or timings)
+EXACT_INDEX = 2 ** 24      # float32 holds every integer up to this exactly
+
+
+def enabled() -> bool:
+    return os.environ.get(SWITCH, "1") != "0"
+
+
+def blocked_convs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` whose float32 2-D convs with non-constant weights run in NCHWc; the
+    model itself when none can."""
+    try:  # data_prop: gradients broadcast by an Expand of a computed shape get their sizes
+        types = value_types(onnx.shape_inference.infer_shapes(model, data_prop=True))
+    except Exception:  # noqa: BLE001 - a model onnx cannot type keeps its plain convs
+        return model
+    constants = {t.name for t in model.graph.initializer}
+    nodes, extra, rewritten = [], [], 0
+    for node in model.graph.node:
+        plan = plan_for(node, types, constants)
+        if plan is None:
+            nodes.append(node)
+            continue
+        rewritten += 1
+        new_nodes, new_constants = splice(node, plan, f"{BLOCKED_DOMAIN}/{rewritten}/")
+        nodes.extend(new_nodes)
+        extra.extend(new_constants)
+    if not rewritten:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    out.graph.initializer.extend(extra)
+    if not any(o.domain == BLOCKED_DOMAIN for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(BLOCKED_DOMAIN, 1))
+    return out
+
+
+def value_types(model: onnx.ModelProto) -> dict[str, tuple[int, list[int]]]:
+    """Element type and dims (0 where unknown) of every value shape inference could type."""
+    found = {}
+    graph = model.graph
+    for v in list(graph.input) + list(graph.value_info) + list(graph.output):
+        t = v.type.tensor_type
+        if t.HasField("shape"):
+            found[v.name] = (t.elem_type, [d.dim_value for d in t.shape.dim])
+    for t in graph.initializer:
+        found[t.name] = (t.data_type, list(t.dims))
+    return found
+
+
+def plan_for(node, types, constants):
+    """The probe's result for this Conv, or None when it stays as it is."""
+    if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or node.input[1] in constants:
+        return None
+    x, w = types.get(node.input[0]), types.get(node.input[1])
+    if x is None or w is None or x[0] != TensorProto.FLOAT or len(x[1]) != 4:
+        return None
+    if 0 in x[1][1:] or 0 in w[1]:
+        return None
+    has_bias = len(node.input) > 2 and bool(node.input[2])
+    return probe(tuple(x[1][1:]), tuple(w[1]), has_bias, frozen_attrs(node))
+
+
+def frozen_attrs(node) -> tuple:
+    """The node's attributes as a hashable tuple of (name, value) pairs (lists as tuples)."""
+    pairs = []
+    for a in node.attribute:
+        value = helper.get_attribute_value(a)
+        pairs.append((a.name, tuple(value) if isinstance(value, list) else value))
+    return tuple(sorted(pairs))
+
+
+@lru_cache(maxsize=None)
+def probe(x_shape, w_shape, has_bias, attrs):
+    """onnxruntime's NCHWc form of one conv signature: (nodes, {constant: (source, index)}),
+    or None."""
+    if int(np.prod(w_shape)) >= EXACT_INDEX:
+        return None
+    try:
+        optimized = optimize(probe_model(x_shape, w_shape, has_bias, attrs))
+    except Exception:  # noqa: BLE001 - an onnxruntime that cannot save its optimized model
+        return None
+    if not any(n.domain == BLOCKED_DOMAIN and n.op_type == "Conv" for n in optimized.graph.node):
+        return None
+    maps = {}
+    for t in optimized.graph.initializer:
+        values = numpy_helper.to_array(t)
+        source = "w" if values.ndim == len(w_shape) else "b" if values.ndim == 1 and has_bias else None
+        if source is None or not is_placement(values, w_shape[0] if source == "b" else np.prod(w_shape)):
+            return None
+        maps[t.name] = (source, values.astype(np.int64))
+    plan = (list(optimized.graph.node), maps)
+    return plan if agrees(plan, x_shape, w_shape, has_bias, attrs) else None
+
+
+def probe_model(x_shape, w_shape, has_bias, attrs) -> onnx.ModelProto:
+    """One Conv with constant weight 1, 2, 3, ... (and bias 1, 2, ...), batch 1."""
+    weight = np.arange(1, np.prod(w_shape) + 1, dtype=np.float32).reshape(w_shape)
+    constants = [numpy_helper.from_array(weight, "w")]
+    if has_bias:
+        constants.append(numpy_helper.from_array(np.arange(1, w_shape[0] + 1, dtype=np.float32), "b"))
+    conv = helper.make_node("Conv", ["x", "w"] + (["b"] if has_bias else []), ["y"], **dict(attrs))
+    graph = helper.make_graph([conv], "probe", [float_input("x", [1, *x_shape])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              constants)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=7)
+
+
+def float_input(name: str, shape) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+
+def optimize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model as onnxruntime's CPU optimizer leaves it (all levels, NCHWc included)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as folder:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+        options.log_severity_level = 3  # its warning that the file is CPU-specific: we know
+        ort.InferenceSession(model.SerializeToString(), options,
+                             providers=["CPUExecutionProvider"])
+        return onnx.load(options.optimized_model_filepath)
+
+
+def is_placement(values: np.ndarray, count: int) -> bool:
+    """Every source element 1..count placed exactly once; the rest is padding (0)."""
+    if not np.array_equal(values, np.round(values)) or values.min() < 0:
+        return False
+    placed = np.sort(values[values > 0].astype(np.int64))
+    return np.array_equal(placed, np.arange(1, count + 1))
+
+
+def splice(node, plan, prefix: str):
+    """The probe's nodes, wired to `node`'s inputs and output; each reordered constant becomes
+    a Gather from the live weight (padding reads the zero in front)."""
+    nodes, maps = plan
+    rename = {"x": node.input[0], "y": node.output[0]}
+    sources = {"w": node.input[1], "b": node.input[2] if len(node.input) > 2 else ""}
+    built, constants = [], [numpy_helper.from_array(np.zeros(1, np.float32), prefix + "zero"),
+                            numpy_helper.from_array(np.array([-1], np.int64), prefix + "flat")]
+    for name, (source, index) in maps.items():
+        flat, padded, taken = prefix + name + "/flat", prefix + name + "/padded", prefix + name + "/taken"
+        constants += [numpy_helper.from_array(index.reshape(-1), prefix + name + "/index"),
+                      numpy_helper.from_array(np.array(index.shape, np.int64), prefix + name + "/shape")]
+        built += [helper.make_node("Reshape", [sources[source], prefix + "flat"], [flat]),
+                  helper.make_node("Concat", [prefix + "zero", flat], [padded], axis=0),
+                  helper.make_node("Gather", [padded, prefix + name + "/index"], [taken], axis=0),
+                  helper.make_node("Reshape", [taken, prefix + name + "/shape"], [prefix + name])]
+        rename[name] = prefix + name
+    for original in nodes:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(original)
+        copy.name = prefix + original.name
+        copy.input[:] = [rename.get(v, prefix + v) if v else v for v in original.input]
+        copy.output[:] = [rename.get(v, prefix + v) for v in original.output]
+        built.append(copy)
+    return built, constants
+
+
+def agrees(plan, x_shape, w_shape, has_bias, attrs) -> bool:
+    """The spliced conv against the plain one, on random data (batch 2)."""
+    import onnxruntime as ort
+
+    names = ["x", "w"] + (["b"] if has_bias else [])
+    conv = helper.make_node("Conv", names, ["y"], **dict(attrs))
+    shapes = {"x": [2, *x_shape], "w": list(w_shape), "b": [w_shape[0]]}
+    inputs = [float_input(n, shapes[n]) for n in names]
+    output = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    plain = helper.make_model(helper.make_graph([conv], "plain", inputs, output),
+                              opset_imports=[helper.make_opsetid("", 11)], ir_version=7)
+    nodes, constants = splice(conv, plan, "probe/")
+    fast = helper.make_model(helper.make_graph(nodes, "fast", inputs, output, constants),
+                             opset_imports=[helper.make_opsetid("", 11),
+                                            helper.make_opsetid(BLOCKED_DOMAIN, 1)], ir_version=7)
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.standard_normal(shapes[n]).astype(np.float32) for n in names}
+    try:
+        want, got = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                     .run(None, feeds)[0] for m in (plain, fast))
+    except Exception:  # an onnxruntime that cannot load or run its own NCHWc form
+        return False
+    return want.shape == got.shape and bool(
+        np.abs(want - got).max() <= 1e-4 * max(float(np.abs(want).max()), 1.0))
+
+
+def for_providers(model: onnx.ModelProto, providers: list[str]) -> onnx.ModelProto:
+    """The model to hand a session with these providers: blocked convs on the CPU provider."""
+    if providers[0] == "CPUExecutionProvider" and enabled():
+        return blocked_convs(model)
+    return model
