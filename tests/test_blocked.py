@@ -135,3 +135,18 @@ def test_training_step_unchanged(net):
                                        err_msg=name)
         theirs = {n: a[f"{n}.new"] for n in step.carried}
         ours = {n: b[f"{n}.new"] for n in step.carried}
+
+
+def test_reorder_as_transpose():
+    """A blocked layout is recognised as a Reshape + Transpose; a padded one is not."""
+    w_shape = (32, 16, 3, 3)
+    blocked_index = (np.arange(1, 32 * 16 * 9 + 1).reshape(4, 8, 2, 8, 3, 3)
+                     .transpose(0, 2, 4, 5, 3, 1).reshape(w_shape))
+    view, perm = blocked.as_transpose(blocked_index, w_shape)
+    moved = np.arange(1, blocked_index.size + 1).reshape(view).transpose(perm).reshape(w_shape)
+    np.testing.assert_array_equal(moved, blocked_index)
+    padded = np.zeros((48, 16, 3, 3), np.int64)
+    padded[:40] = np.arange(1, 40 * 16 * 9 + 1).reshape(40, 16, 3, 3)
+    assert blocked.as_transpose(padded, (40, 16, 3, 3)) is None
+    scrambled = np.random.default_rng(0).permutation(np.arange(1, 32 * 16 * 9 + 1)).reshape(w_shape)
+    assert blocked.as_transpose(scrambled, w_shape) is None
