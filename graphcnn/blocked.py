@@ -129,7 +129,9 @@ def probe(x_shape, w_shape, has_bias, attrs):
         if source is None or not is_placement(values, w_shape[0] if source == "b" else np.prod(w_shape)):
             return None
         index = values.astype(np.int64)
-        maps[t.name] = (source, index, as_transpose(index, w_shape) if source == "w" else None)
+        transpose = as_transpose(index, w_shape) if source == "w" else None
+        # the map itself is kept only for a Gather (a U-Net filter's is 75 MB)
+        maps[t.name] = (source, index.shape, transpose, None if transpose else index)
     plan = (list(optimized.graph.node), maps)
     return plan if agrees(plan, x_shape, w_shape, has_bias, attrs) else None
 
@@ -179,9 +181,9 @@ def splice(node, plan, prefix: str):
     rename = {"x": node.input[0], "y": node.output[0]}
     sources = {"w": node.input[1], "b": node.input[2] if len(node.input) > 2 else ""}
     built, constants = [], []
-    for name, (source, index, transpose) in maps.items():
+    for name, (source, shape, transpose, index) in maps.items():
         rename[name] = prefix + name
-        built += reordered(sources[source], index, transpose, prefix + name, constants)
+        built += reordered(sources[source], shape, transpose, index, prefix + name, constants)
     for original in nodes:
         copy = onnx.NodeProto()
         copy.CopyFrom(original)
@@ -192,7 +194,7 @@ def splice(node, plan, prefix: str):
     return built, constants
 
 
-def reordered(source: str, index: np.ndarray, transpose, name: str, constants: list) -> list:
+def reordered(source: str, shape, transpose, index, name: str, constants: list) -> list:
     """Nodes computing `name`, the source laid out as the probe's map says: a Reshape +
     Transpose when as_transpose found one, else the element Gather."""
     if transpose is None:
@@ -202,7 +204,7 @@ def reordered(source: str, index: np.ndarray, transpose, name: str, constants: l
         constants.append(numpy_helper.from_array(np.array(view, np.int64), name + "/view"))
         nodes = [helper.make_node("Reshape", [source, name + "/view"], [name + "/split"]),
                  helper.make_node("Transpose", [name + "/split"], [name + "/moved"], perm=list(perm))]
-    constants.append(numpy_helper.from_array(np.array(index.shape, np.int64), name + "/shape"))
+    constants.append(numpy_helper.from_array(np.array(shape, np.int64), name + "/shape"))
     return nodes + [helper.make_node("Reshape", [nodes[-1].output[0], name + "/shape"], [name])]
 
 
