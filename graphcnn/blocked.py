@@ -5,7 +5,8 @@ onnxruntime's CPU provider runs a 2-D Conv fastest in its NCHWc layout (channels
 there only when the weight is a constant, because the filter has to be reordered. In the
 training step the weights are inputs, so every conv ran in plain NCHW (im2col + GEMM).
 `blocked_convs` rewrites such a Conv as onnxruntime's own optimizer would (ReorderInput ->
-com.microsoft.nchwc Conv -> ReorderOutput), with the filter reordered at run time by a Gather.
+com.microsoft.nchwc Conv -> ReorderOutput), with the filter reordered at run time (a Reshape +
+Transpose, or a Gather where the channels are padded up to the block).
 
 Nothing about the layout is written down here: for each conv signature, a probe model whose
 constant weight holds 1, 2, 3, ... is handed to onnxruntime's optimizer, and the optimized
@@ -112,8 +113,9 @@ def frozen_attrs(node) -> tuple:
 
 @lru_cache(maxsize=None)
 def probe(x_shape, w_shape, has_bias, attrs):
-    """onnxruntime's NCHWc form of one conv signature: (nodes, {constant: (source, index)}),
-    or None."""
+    """onnxruntime's NCHWc form of one conv signature, or None: the optimized probe's nodes and,
+    per reordered constant, (source "w" or "b", its shape, the Reshape + Transpose that makes it
+    or None, the element map for a Gather or None)."""
     if int(np.prod(w_shape)) >= EXACT_INDEX:
         return None
     try:
