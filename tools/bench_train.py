@@ -6,7 +6,8 @@ network in PyTorch eager (CPU), both with the same optimizer, in one run.
 Networks: the MNIST-1D CNN (specs/mnist1d_cnn.yaml, batch 100) and a small ResNet on 3x32x32
 (batch 64; below). The PyTorch column is left out when torch is not installed. Each number is
 the median over seven timed rounds after warm-up steps, the two libraries' rounds
-alternating; the ratio is graphcnn's time over PyTorch's.
+alternating; the ratio is graphcnn's time over PyTorch's. On the CPU provider graphcnn's convs
+run in onnxruntime's NCHWc layout (graphcnn/blocked.py); `GRAPHCNN_NCHWC=0` times the plain step.
 """
 from __future__ import annotations
 
