@@ -134,8 +134,15 @@ def probe(x_shape, w_shape, has_bias, attrs):
         transpose = as_transpose(index, w_shape) if source == "w" else None
         # the map itself is kept only for a Gather (a U-Net filter's is 75 MB)
         maps[t.name] = (source, index.shape, transpose, None if transpose else index)
-    plan = (list(optimized.graph.node), maps)
+    plan = ([standalone(n) for n in optimized.graph.node], maps)  # not the probe's weights
     return plan if agrees(plan, x_shape, w_shape, has_bias, attrs) else None
+
+
+def standalone(node: onnx.NodeProto) -> onnx.NodeProto:
+    """A copy that does not keep its model (and the model's weights) alive in the cache."""
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    return copy
 
 
 def probe_model(x_shape, w_shape, has_bias, attrs) -> onnx.ModelProto:
@@ -187,8 +194,7 @@ def splice(node, plan, prefix: str):
         rename[name] = prefix + name
         built += reordered(sources[source], shape, transpose, index, prefix + name, constants)
     for original in nodes:
-        copy = onnx.NodeProto()
-        copy.CopyFrom(original)
+        copy = standalone(original)
         copy.name = prefix + original.name
         copy.input[:] = [rename.get(v, prefix + v) if v else v for v in original.input]
         copy.output[:] = [rename.get(v, prefix + v) for v in original.output]
