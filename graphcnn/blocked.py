@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .lower.inference import weightless_copy
+
 BLOCKED_DOMAIN = "com.microsoft.nchwc"
 SWITCH = "GRAPHCNN_NCHWC"  # "0" turns the rewrite off (to compare numerics or timings)
 EXACT_INDEX = 2 ** 24      # float32 holds every integer up to this exactly
@@ -40,7 +42,7 @@ def blocked_convs(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` whose float32 2-D convs with non-constant weights run in NCHWc; the
     model itself when none can."""
     try:  # data_prop: gradients broadcast by an Expand of a computed shape get their sizes
-        types = value_types(onnx.shape_inference.infer_shapes(model, data_prop=True))
+        types = value_types(onnx.shape_inference.infer_shapes(weightless_copy(model), data_prop=True))
     except Exception:  # noqa: BLE001 - a model onnx cannot type keeps its plain convs
         return model
     constants = {t.name for t in model.graph.initializer}
@@ -152,10 +154,17 @@ def probe_model(x_shape, w_shape, has_bias, attrs) -> onnx.ModelProto:
     if has_bias:
         constants.append(numpy_helper.from_array(np.arange(1, w_shape[0] + 1, dtype=np.float32), "b"))
     conv = helper.make_node("Conv", ["x", "w"] + (["b"] if has_bias else []), ["y"], **dict(attrs))
-    graph = helper.make_graph([conv], "probe", [float_input("x", [1, *x_shape])],
+    return conv_model([conv], [float_input("x", [1, *x_shape])], constants)
+
+
+def conv_model(nodes, inputs, constants=()) -> onnx.ModelProto:
+    """A small model computing float `y` (probes and checks; the nchwc domain is declared
+    whether used or not)."""
+    graph = helper.make_graph(nodes, "probe", inputs,
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              constants)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=7)
+                              list(constants))
+    return helper.make_model(graph, ir_version=7, opset_imports=[
+        helper.make_opsetid("", 11), helper.make_opsetid(BLOCKED_DOMAIN, 1)])
 
 
 def float_input(name: str, shape) -> onnx.ValueInfoProto:
@@ -269,13 +278,8 @@ def agrees(plan, x_shape, w_shape, has_bias, attrs) -> bool:
     conv = helper.make_node("Conv", names, ["y"], **dict(attrs))
     shapes = {"x": [2, *x_shape], "w": list(w_shape), "b": [w_shape[0]]}
     inputs = [float_input(n, shapes[n]) for n in names]
-    output = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
-    plain = helper.make_model(helper.make_graph([conv], "plain", inputs, output),
-                              opset_imports=[helper.make_opsetid("", 11)], ir_version=7)
     nodes, constants = splice(conv, plan, "probe/")
-    fast = helper.make_model(helper.make_graph(nodes, "fast", inputs, output, constants),
-                             opset_imports=[helper.make_opsetid("", 11),
-                                            helper.make_opsetid(BLOCKED_DOMAIN, 1)], ir_version=7)
+    plain, fast = conv_model([conv], inputs), conv_model(nodes, inputs, constants)
     rng = np.random.default_rng(0)
     feeds = {n: rng.standard_normal(shapes[n]).astype(np.float32) for n in names}
     try:
