@@ -56,14 +56,14 @@ def _export(checked: CheckedGraph, spec_text: str, opts: ExportOptions, stream: 
 
         opset = QUANT_OPSET
     plan = _dynamic_plan(checked, opts)
-    portable_notes = []
+    portable_ids, portable_notes = [], []
     if opts.portable:
         from ..lint import portable
 
-        checked, portable_notes = portable(checked)
+        portable_ids, portable_notes = portable(checked)
     stream = stream and not (opts.fold_bn or opts.quantize or opts.precision != "fp32")
     model = lower(checked, seed=opts.seed, opset=opset, batch=opts.batch, weights=weights,
-                  spec_text=spec_text, parameters=not stream)
+                  spec_text=spec_text, parameters=not stream, portable=portable_ids)
     notes = ([f"weights from {opts.weights}"] if weights else []) + portable_notes
     if opts.fold_bn or opts.quantize:  # int8 kernels want the batchnorm folded first
         from .foldbn import fold_batchnorm
@@ -71,9 +71,9 @@ def _export(checked: CheckedGraph, spec_text: str, opts: ExportOptions, stream: 
         model, count = fold_batchnorm(model)
         notes.append(f"folded {count} batchnorm(s) into the layer before them")
     if opts.precision != "fp32":
-        from .precision import convert
+        from .precision import convert, layer_fp32_rule
 
-        model = convert(model, opts.precision)
+        model = convert(model, opts.precision, layer_fp32_rule(checked))
         notes.append(f"{opts.precision} weights; ops without a {opts.precision} CPU kernel run in fp32")
     if opts.quantize:
         from .quantize import calibration_data, quantize_int8
@@ -81,7 +81,7 @@ def _export(checked: CheckedGraph, spec_text: str, opts: ExportOptions, stream: 
         model, report = quantize_int8(model, calibration_data(opts.calibrate, model))
         notes.append(str(report))
     if plan is not None:
-        from ..shapes.dynamic import apply_dynamic
+        from .dynamic import apply_dynamic
 
         apply_dynamic(model, plan, checked)
         notes.append(f"dynamic spatial axes: {', '.join(opts.dynamic)}")
@@ -94,6 +94,6 @@ def _dynamic_plan(checked: CheckedGraph, opts: ExportOptions):
         return None
     if opts.portable:
         raise CompileError("--dynamic and --portable cannot be combined yet")
-    from ..shapes.dynamic import check_dynamic
+    from .dynamic import check_dynamic
 
     return check_dynamic(checked, list(opts.dynamic))

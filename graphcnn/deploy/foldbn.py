@@ -11,23 +11,54 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..lower.save import without_initializers
+
 
 def fold_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """Returns the rewritten model (in place) and the number of batchnorms folded."""
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
+    """A new model with every foldable batchnorm folded, and how many were (the argument is
+    left as it was; its weights are copied once, the folded ones computed anew)."""
+    new = without_initializers(model)
+    graph = new.graph
+    weights = Weights(model.graph.initializer)
     consumers = _consumers(graph)
     producers = {o: n for n in graph.node for o in n.output}
     outputs = {o.name for o in graph.output}
     folded = 0
     for bn in [n for n in graph.node if n.op_type == "BatchNormalization"]:
         prev = producers.get(bn.input[0])
-        if prev is None or not _foldable(prev, bn, inits, consumers, outputs):
+        if prev is None or not _foldable(prev, bn, weights, consumers, outputs):
             continue
-        _fold(graph, prev, bn, inits)
+        _fold(graph, prev, bn, weights)
         folded += 1
-    _drop_unused(graph)
-    return model, folded
+    weights.write_used(graph)
+    _drop_unused_value_info(graph)
+    return new, folded
+
+
+class Weights:
+    """The source model's initializers, read-only, with the tensors the folds replace or add."""
+
+    def __init__(self, initializers):
+        self.source = list(initializers)
+        self.by_name = {t.name: t for t in self.source}
+        self.added: list = []
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.by_name
+
+    def array(self, name: str) -> np.ndarray:
+        return numpy_helper.to_array(self.by_name[name])
+
+    def set(self, name: str, value: np.ndarray) -> None:
+        if name not in self.by_name:
+            self.added.append(name)
+        self.by_name[name] = numpy_helper.from_array(value, name)
+
+    def write_used(self, graph) -> None:
+        """The initializers some node reads, in the source's order, then the added ones."""
+        used = {i for n in graph.node for i in n.input}
+        names = [t.name for t in self.source] + self.added
+        graph.initializer.extend(self.by_name[n] for n in names if n in used)
 
 
 def _consumers(graph) -> dict[str, int]:
@@ -54,38 +85,25 @@ def _gemm_is_linear(node) -> bool:
         attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
 
 
-def _fold(graph, prev, bn, inits) -> None:
-    gamma, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
+def _fold(graph, prev, bn, weights: Weights) -> None:
+    gamma, beta, mean, var = (weights.array(n).astype(np.float64) for n in bn.input[1:5])
     eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
     scale = gamma / np.sqrt(var + eps)
-    w = numpy_helper.to_array(inits[prev.input[1]]).astype(np.float64)
-    b = numpy_helper.to_array(inits[prev.input[2]]).astype(np.float64) if len(prev.input) > 2 \
+    w = weights.array(prev.input[1]).astype(np.float64)
+    b = weights.array(prev.input[2]).astype(np.float64) if len(prev.input) > 2 \
         else np.zeros(w.shape[0])
     w = w * scale.reshape(-1, *([1] * (w.ndim - 1)))
     b = (b - mean) * scale + beta
     w_name, b_name = prev.input[1], prev.input[2] if len(prev.input) > 2 else prev.input[1] + ".bias"
-    _set(graph, inits, w_name, w.astype(np.float32))
-    _set(graph, inits, b_name, b.astype(np.float32))
+    weights.set(w_name, w.astype(np.float32))
+    weights.set(b_name, b.astype(np.float32))
     if len(prev.input) < 3:
         prev.input.append(b_name)
     prev.output[0] = bn.output[0]
     graph.node.remove(bn)
 
 
-def _set(graph, inits, name, value) -> None:
-    tensor = numpy_helper.from_array(value, name)
-    if name in inits:
-        inits[name].CopyFrom(tensor)
-    else:
-        graph.initializer.append(tensor)
-        inits[name] = graph.initializer[-1]
-
-
-def _drop_unused(graph) -> None:
-    used = {i for n in graph.node for i in n.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+def _drop_unused_value_info(graph) -> None:
     produced = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
     vis = [v for v in graph.value_info if v.name in produced]
     del graph.value_info[:]

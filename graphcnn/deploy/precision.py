@@ -1,8 +1,9 @@
 """Reduced-precision export (fp16, bf16) that still runs on onnxruntime's CPU provider.
 
 Every float value gets a precision: a node runs in the low precision when the target provider
-has a kernel for it there (probed once per op signature with a one-node model) and it is not
-one that must stay in fp32 (normalisation statistics, softmax, NMS); otherwise it runs in fp32.
+has a kernel for it there (probed once per op signature with a one-node model) and its layer
+does not keep it in fp32 (Layer.fp32_ops: normalisation statistics, softmax, NMS); otherwise
+it runs in fp32.
 Casts are inserted where the two meet. Weights are stored in the low precision either way (a
 Cast restores fp32 where needed), so the file shrinks by half even where compute stays fp32.
 Model inputs and outputs stay fp32, so callers feed and read the same arrays as before.
@@ -10,30 +11,60 @@ Model inputs and outputs stay fp32, so callers feed and read the same arrays as 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-KEEP_FP32 = {"BatchNormalization", "Softmax", "LogSoftmax", "NonMaxSuppression", "LRN",
-             "ReduceMean", "ReduceSum", "ReduceL2", "Erf"}
+from ..graph import CheckedGraph
+from ..layers.base import FP32_ALL
+from ..lower.save import without_initializers
+
 LOW = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
+StaysFp32 = Callable[[onnx.NodeProto], bool]
 
 
-def convert(model: onnx.ModelProto, precision: str, provider: str = "cpu") -> onnx.ModelProto:
+def layer_fp32_rule(checked: CheckedGraph) -> StaysFp32:
+    """Whether an ONNX node stays fp32: its layer (the node id its name starts with: `<id>`
+    or `<id>/<Op><k>`) lists its op type in fp32_ops, or keeps all of them (FP32_ALL)."""
+    kept = {n.id: n.layer.fp32_ops for n in checked.nodes if n.layer.fp32_ops}
+
+    def stays(node: onnx.NodeProto) -> bool:
+        ops = kept.get(_owner(node.name, kept))
+        return bool(ops) and (node.op_type in ops or ops == FP32_ALL)
+    return stays
+
+
+def _owner(name: str, ids) -> str | None:
+    """The longest node id that `name` is or starts with followed by '/'."""
+    parts = name.split("/")
+    for end in range(len(parts), 0, -1):
+        candidate = "/".join(parts[:end])
+        if candidate in ids:
+            return candidate
+    return None
+
+
+def convert(model: onnx.ModelProto, precision: str, stays_fp32: StaysFp32,
+            provider: str = "cpu") -> onnx.ModelProto:
+    """A new model in `precision` (the argument is left as it was)."""
     if precision == "fp32":
         return model
     low = LOW[precision]
-    graph = model.graph
-    floats = _float_values(graph)
-    low_nodes = {id(n) for n in graph.node if _runs_low(n, floats, low, provider, model)}
-    _store_weights_low(graph, low)
+    floats = _float_values(model.graph)
+    low_nodes = [not stays_fp32(n) and _runs_low(n, floats, low, provider, model)
+                 for n in model.graph.node]
+    new = without_initializers(model)
+    graph = new.graph
+    low_nodes = {id(n) for n, runs_low in zip(graph.node, low_nodes) if runs_low}
+    _store_weights_low(model.graph, graph, low)
     converter = _CastInserter(graph, low, floats)
     for node in list(graph.node):
         converter.place(node, id(node) in low_nodes)
     converter.fix_outputs()
     del graph.value_info[:]
-    return model
+    return new
 
 
 def _float_values(graph) -> set[str]:
@@ -46,7 +77,7 @@ def _float_values(graph) -> set[str]:
 
 
 def _runs_low(node, floats, low, provider, model) -> bool:
-    if node.op_type in KEEP_FP32 or not any(i in floats for i in node.input):
+    if not any(i in floats for i in node.input):
         return False
     ranks = tuple(_rank(model.graph, i) for i in node.input)
     kinds = tuple(i in floats for i in node.input)
@@ -92,10 +123,13 @@ def _attr_value(text: str):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _store_weights_low(graph, low: int) -> None:
-    for t in graph.initializer:
+def _store_weights_low(source, target, low: int) -> None:
+    """The source graph's initializers into the target graph, the float ones in `low`."""
+    for t in source.initializer:
         if t.data_type == TensorProto.FLOAT:
-            t.CopyFrom(_to_low(numpy_helper.to_array(t), t.name, low))
+            target.initializer.append(_to_low(numpy_helper.to_array(t), t.name, low))
+        else:
+            target.initializer.append(t)
 
 
 def _to_low(values: np.ndarray, name: str, low: int) -> TensorProto:

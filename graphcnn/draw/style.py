@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..layers import REGISTRY
+
 
 @dataclass(frozen=True)
 class EdgeStyle:
@@ -22,16 +24,16 @@ EDGE_STYLES = {
 }
 DEFAULT_EDGE = EdgeStyle("#ff7f0e", "dashed", 1.5, "╍╍╍")  # kinds added later, until styled
 
-# Fill colour by op family, so stages of a drawing read at a glance.
-_FILLS = [
-    (("conv_transpose", "upsample", "maxunpool"), "#f2d7ee"),
-    (("conv",), "#dbe9f6"),
-    (("maxpool", "avgpool", "global_", "subsample"), "#fde2c8"),
-    (("batchnorm", "lrn"), "#fff3c4"),
-    (("add", "concat", "highway"), "#f8d0d0"),
-    (("linear", "flatten", "reshape", "permute"), "#e4dcf1"),
-    (("crop", "pad"), "#e8dccb"),
-]
+# Fill colour by op family (Layer.draw_family), so stages of a drawing read at a glance.
+FAMILY_FILLS = {
+    "upsample": "#f2d7ee",  # transposed convs, upsampling, unpooling
+    "conv": "#dbe9f6",
+    "pool": "#fde2c8",      # pooling and subsampling
+    "norm": "#fff3c4",
+    "merge": "#f8d0d0",     # add, concat, highway
+    "dense": "#e4dcf1",     # linear, flatten, reshape, permute
+    "crop": "#e8dccb",      # crop, pad
+}
 INPUT_FILL, BLOCK_FILL, OTHER_FILL = "#ffffff", "#e6e6e6", "#e3f2dc"
 
 
@@ -44,10 +46,8 @@ def fill(op: str, box_kind: str) -> str:
         return INPUT_FILL
     if box_kind == "block":
         return BLOCK_FILL
-    for prefixes, colour in _FILLS:
-        if op.startswith(prefixes):
-            return colour
-    return OTHER_FILL
+    layer = REGISTRY.get(op)
+    return FAMILY_FILLS.get(layer.draw_family, OTHER_FILL) if layer else OTHER_FILL
 
 
 def dims(shape) -> str:

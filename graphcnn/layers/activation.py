@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Literal
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 from ..errors import CompileError
 from .base import Layer, register
@@ -71,6 +72,7 @@ class Tanh(Elementwise):
 @register
 class Gelu(Elementwise):
     """x * Phi(x), the exact (erf) form; written with Erf so that every opset and host runs it."""
+    fp32_ops: ClassVar[frozenset[str]] = frozenset({"Erf"})  # erf saturates early in fp16
     op: Literal["gelu"] = "gelu"
 
     def lower(self, g, xs, shapes, out):
@@ -107,6 +109,8 @@ class Silu(Elementwise):
 class Softmax(Elementwise):
     """exp(x) / sum(exp(x)) along the channel (feature) axis."""
     op: Literal["softmax"] = "softmax"
+    fp32_ops: ClassVar[frozenset[str]] = frozenset({"Softmax"})
+    probability_output: ClassVar[bool] = True
 
     def lower(self, g, xs, shapes, out):
         return g.op("Softmax", xs, axis=1)
@@ -153,22 +157,30 @@ class Dropout(Elementwise):
         shape = g.op("Shape", xs)
         count = g.op("ReduceProd", [shape], keepdims=0)
         index = g.op("Range", [scalar_int(g, 0), count, scalar_int(g, 1)])
-        salt = g.op("Mul", [g.aux[("", "step")], g.ints([1 << 20])])
+        salt = g.op("Mul", [g.step, g.ints([1 << 20])])
         node = g.ints([zlib.crc32(g.node_id.encode()) % (1 << 20)])
         h = g.op("Add", [index, g.op("Add", [salt, node])])
         for _ in range(2):
             h = g.op("Mod", [h, g.ints([1 << 31])])
             h = g.op("Add", [g.op("Mul", [h, g.ints([1103515245])]), g.ints([12345])])
         h = g.op("Mod", [h, g.ints([1 << 31])])
-        uniform = g.op("Div", [g.op("Cast", [h], to=1), g.scalar(float(1 << 31))])
-        keep = g.op("Cast", [g.op("GreaterOrEqual", [uniform, g.scalar(self.rate)])], to=1)
+        uniform = g.op("Div", [g.op("Cast", [h], to=g.FLOAT), g.scalar(float(1 << 31))])
+        keep = g.op("Cast", [g.op("GreaterOrEqual", [uniform, g.scalar(self.rate)])], to=g.FLOAT)
         mask = g.op("Reshape", [g.op("Mul", [keep, g.scalar(1 / (1 - self.rate))]), shape])
-        g.aux[(g.node_id, "mask")] = mask
+        g.keep(DropoutMask(mask))
         return g.op("Mul", [xs[0], mask])
 
     def vjp(self, g, xs, shapes, out, y, dy):
-        mask = g.aux.get((g.node_id, "mask"))
-        return [dy if mask is None else g.op("Mul", [dy, mask])], {}
+        if self.rate == 0:  # no mask was made: the identity
+            return [dy], {}
+        return [g.op("Mul", [dy, g.kept(DropoutMask).value])], {}
+
+
+@dataclass(frozen=True)
+class DropoutMask:
+    """The training forward's keep mask, scaled by 1/(1 - rate), for the backward rule."""
+
+    value: str
 
 
 def scalar_int(g, value: int) -> str:

@@ -2,8 +2,9 @@
 
 A layer is a pydantic model (its spec fields) that also knows, for its op: the shape rule,
 the parameter shapes (the parameter count is derived from them), MACs, its sliding window for
-the receptive field, and its ONNX lowering through an emitter it is handed (so this module,
-like spec/ and graph/, never imports onnx).
+the receptive field, its ONNX lowerings (inference, training, portable) and its backward rule,
+through an emitter it is handed (so this module, like spec/ and graph/, never imports onnx),
+and the per-op facts other modules need (class attributes). `Layer` is that contract, whole.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, ClassVar, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from ..errors import ShapeError
+from ..errors import CompileError, ShapeError
 
 Shape = tuple[int, ...]  # without the batch axis, channels first
 REGISTRY: dict[str, type["Layer"]] = {}
@@ -50,6 +51,7 @@ class Window:
 
 
 GLOBAL = "global"  # a node whose every output sees its whole input (flatten, linear, global pool)
+FP32_ALL = frozenset({"*"})  # fp32_ops value: every ONNX op of the layer stays float32
 
 
 def register(cls: type["Layer"]) -> type["Layer"]:
@@ -62,7 +64,17 @@ def register(cls: type["Layer"]) -> type["Layer"]:
 
 
 class Layer(BaseModel):
-    """Fields every node has. Subclasses add `op: Literal[...]` and their parameters."""
+    """Fields every node has, and the contract every op fulfils.
+
+    Subclasses add `op: Literal[...]` and their parameters, and override the hooks below that
+    their op needs; every hook has a default here, and no other module looks for a method or
+    attribute a layer might lack. The lowering hooks are handed an emitter `g` (lower/emitter.py:
+    `g.op(...)` appends an ONNX node, `g.param(name)` names a parameter of this node) and
+    `xs` (input value names), `shapes` (input shapes without the batch), `out` (output shape);
+    they return the value name of the node's result. State shared between nodes and with the
+    training step goes through typed emitter methods (`g.keep`, `g.kept`, `g.new_state`,
+    `g.batch_mask`, `g.step`), never through names spelled twice.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -71,6 +83,13 @@ class Layer(BaseModel):
 
     arity: ClassVar[tuple[int, int | None]] = (1, 1)  # min, max inputs (None: any)
     skip_kind: ClassVar[str] = "forward"  # edge kind of non-sequential inputs into this node
+    # ONNX op types of this op's lowering that stay float32 under --precision fp16/bf16
+    # (statistics, normalisation, probabilities); FP32_ALL keeps every one of them.
+    fp32_ops: ClassVar[frozenset[str]] = frozenset()
+    draw_family: ClassVar[str] = "other"  # fill colour in drawings (draw/style.py FAMILY_FILLS)
+    # True when the output is a probability distribution over axis 1 (softmax): a loss then
+    # takes the log of it instead of applying its own softmax.
+    probability_output: ClassVar[bool] = False
 
     @field_validator("inputs", mode="before")
     @classmethod
@@ -100,23 +119,52 @@ class Layer(BaseModel):
         """The output shape for these input shapes, or a ShapeError saying why not."""
         return shapes[0]
 
+    def infer_with(self, shapes: list[Shape], sources: list) -> Shape:
+        """The output shape when it depends on more than the input shapes: `sources` holds the
+        checked NodeInfo of each input (None for a network input). Default: infer(shapes)."""
+        return self.infer(shapes)
+
     def params(self, shapes: list[Shape]) -> dict[str, Param]:
+        """The tensors this node owns, by name (`weight` becomes `<id>.weight`); the parameter
+        count is derived from their shapes."""
         return {}
 
     def macs(self, shapes: list[Shape], out: Shape) -> int:
+        """Multiply-accumulates per sample."""
         return 0
 
     def window(self, shapes: list[Shape]) -> Window | str:
+        """Extent and stride per spatial axis for the receptive field, or GLOBAL."""
         rank = len(shapes[0]) - 1
         return Window((1,) * rank, (Fraction(1),) * rank)
 
-    def lower(self, g, xs: list[str], shapes: list[Shape], out: Shape) -> str:
-        raise NotImplementedError(f"{self.op_name} has no ONNX lowering")
+    def needs(self, inputs: list[str]) -> list[tuple[str, type]]:
+        """(input node id, kind) for each typed value this node reads from another node's
+        lowering (`g.kept(kind, node_id)`); asked before any node lowers, so the other node
+        sees `g.wants(kind)` (a maxunpool needs its pool's PoolIndices)."""
+        return []
 
-    # Training (graphcnn/train/autodiff.py) also looks for two optional methods, kept absent
-    # here so that a missing backward rule is a CompileError naming the node:
-    #   lower_train(g, xs, shapes, out) -> value   the training-mode forward (default: lower)
-    #   vjp(g, xs, shapes, out, y, dy) -> ([dx or None per input], {param name: gradient})
+    def lower(self, g, xs: list[str], shapes: list[Shape], out: Shape) -> str:
+        """The inference lowering."""
+        raise CompileError(f"op '{self.op_name}' has no ONNX lowering")
+
+    def lower_train(self, g, xs: list[str], shapes: list[Shape], out: Shape) -> str:
+        """The training-mode forward (batch statistics, dropout masks); keeps with `g.keep`
+        what vjp needs. Default: the inference lowering."""
+        return self.lower(g, xs, shapes, out)
+
+    def lower_portable(self, g, xs: list[str], shapes: list[Shape], out: Shape) -> str:
+        """`compile --portable`'s lowering, for nodes that `graphcnn lint` flags as computed
+        differently by ONNX hosts: the same values in a form every host agrees on.
+        Default: the inference lowering."""
+        return self.lower(g, xs, shapes, out)
+
+    def vjp(self, g, xs: list[str], shapes: list[Shape], out: Shape, y: str, dy: str):
+        """The backward rule: given dy (the loss gradient at this node's result y), return
+        ([gradient per input, or None where none flows], {param name: gradient})."""
+        raise CompileError(f"op '{self.op_name}' has no backward rule (vjp), so a network "
+                           "using it cannot be trained",
+                           hint="train without this op, or use it only after the loss input")
 
     def describe(self) -> str:
         """Key parameters, for summaries and drawings."""

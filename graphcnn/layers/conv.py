@@ -22,6 +22,7 @@ from .spatial import (PadSpec, onnx_pads, per_axis, resolve_pads, window_output,
 
 class ConvBase(Layer):
     dims: ClassVar[int]
+    draw_family: ClassVar[str] = "conv"
     channels: int
     kernel: int | list[int]
     stride: int | list[int] = 1
@@ -229,6 +230,7 @@ class ConvTransposeBase(Layer):
     [C_in, C_out/groups, *kernel] (ONNX / PyTorch layout), bias [C_out]. He init uses the
     forward fan-in: each output sums about C_in/groups * prod(kernel) / prod(stride) products.
     """
+    draw_family: ClassVar[str] = "upsample"
     dims: ClassVar[int]
     channels: int
     kernel: int | list[int]
@@ -322,6 +324,25 @@ class ConvTransposeBase(Layer):
         return g.op("ConvTranspose", inputs, kernel_shape=list(k), strides=list(s),
                     dilations=list(d), pads=onnx_pads(pads),
                     output_padding=list(extra), group=self.groups)
+
+    def lower_portable(self, g, xs, shapes, out):
+        """Hosts disagree on output_padding: with end pad e an output_padding o means o more
+        positions the conv computes when e covers them (pad e - o instead); the rest lies past
+        every kernel tap: zeros (a Pad), then the bias is added."""
+        k, s, d = self.geometry()
+        extra = per_axis(self.output_padding, self.dims, "output_padding")
+        pads = self.pads(shapes[0])
+        inner = [(b, e - min(e, o)) for (b, e), o in zip(pads, extra)]
+        rest = [o - min(e, o) for (_, e), o in zip(pads, extra)]
+        y = g.op("ConvTranspose", [xs[0], g.param("weight")], kernel_shape=list(k),
+                 strides=list(s), dilations=list(d), pads=onnx_pads(inner), group=self.groups)
+        if any(rest):
+            y = g.op("Pad", [y, g.ints([0] * (self.dims + 2) + [0, 0, *rest]), g.scalar(0.0)],
+                     mode="constant")
+        if self.bias:
+            bias = g.op("Reshape", [g.param("bias"), g.ints([self.channels, *[1] * self.dims])])
+            y = g.op("Add", [y, bias])
+        return y
 
     def vjp(self, g, xs, shapes, out, y, dy):
         """The adjoint of the transpose is the conv with the same geometry and weight: dX =

@@ -5,7 +5,7 @@ F * features + features parameters. flatten: [N, C, ...] -> [N, C * ...].
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from .base import GLOBAL, Layer, Param, Shape, need_rank, product, register
 
@@ -14,6 +14,7 @@ from .base import GLOBAL, Layer, Param, Shape, need_rank, product, register
 class Linear(Layer):
     """y = x W^T + b over a flat input [N, F]."""
     op: Literal["linear"] = "linear"
+    draw_family: ClassVar[str] = "dense"
     features: int
     bias: bool = True
 
@@ -50,6 +51,7 @@ class Linear(Layer):
 class Flatten(Layer):
     """[N, C, ...] -> [N, C * ...]."""
     op: Literal["flatten"] = "flatten"
+    draw_family: ClassVar[str] = "dense"
 
     def infer(self, shapes: list[Shape]) -> Shape:
         return (product(shapes[0]),)

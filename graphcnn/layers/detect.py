@@ -28,7 +28,7 @@ the network (outputs [raw, detections]) or alone in a second spec whose input is
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -44,6 +44,7 @@ FLOAT, BOOL = 1, 9  # onnx TensorProto.FLOAT and BOOL: layers never import onnx
 class YoloDecode(Layer):
     """[N, S, S, 5B + C] raw YOLO v1 output -> [N, max_total, 7] detections (see module doc)."""
     op: Literal["yolo_decode"] = "yolo_decode"
+    fp32_ops: ClassVar[frozenset[str]] = frozenset({"NonMaxSuppression"})
     grid: int = Field(7, ge=1)
     boxes: int = Field(2, ge=1)
     classes: int = Field(20, ge=1)

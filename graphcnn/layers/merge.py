@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import ClassVar, Literal
 
@@ -22,6 +23,7 @@ from .spatial import onnx_pads, resolve_pads
 
 class Merge(Layer):
     arity: ClassVar[tuple[int, int | None]] = (2, None)
+    draw_family: ClassVar[str] = "merge"
     skip: str | list[str] | None = None
 
     def wiring(self, previous: str | None) -> list[str]:
@@ -37,6 +39,7 @@ class Add(Merge):
     """Residual sum h = x + f[x] of equally shaped inputs (optionally projecting the skip)."""
     op: Literal["add"] = "add"
     skip_kind: ClassVar[str] = "residual"
+    fp32_ops: ClassVar[frozenset[str]] = frozenset({"BatchNormalization"})  # project: conv_bn
     project: Literal[False, True, "conv", "conv_bn"] = False
 
     @property
@@ -150,6 +153,14 @@ class Concat(Merge):
         return list(parts), {}
 
 
+@dataclass(frozen=True)
+class HighwayGates:
+    """A highway node's transform and carry gate values, kept for its backward rule."""
+
+    transform: str
+    carry: str
+
+
 @register
 class Highway(Merge):
     """y = H(x) * T(x) + x * C(x) with inputs [H(x), x] (H from the previous node, x from `skip`)."""
@@ -195,14 +206,15 @@ class Highway(Merge):
             c = g.op("Sigmoid", [self.lower_gate(g, "carry", x, shapes[1])])
         else:
             c = g.op("Sub", [g.scalar(1.0), t])
-        g.aux[(g.node_id, "transform")], g.aux[(g.node_id, "carry")] = t, c  # for the vjp
+        g.keep(HighwayGates(t, c))  # for the vjp
         return g.op("Add", [g.op("Mul", [h, t]), g.op("Mul", [x, c])])
 
     def vjp(self, g, xs, shapes, out, y, dy):
         """dH = dy T; through the gates: dT = dy H (coupled: dy (H - x)), dC = dy x, each times
         sigmoid' = s (1 - s) into its linear map; dx = dy C plus what the gate maps send back."""
         h, x = xs
-        t, c = g.aux[(g.node_id, "transform")], g.aux[(g.node_id, "carry")]
+        gates = g.kept(HighwayGates)
+        t, c = gates.transform, gates.carry
         dx = [g.op("Mul", [dy, c])]
         grads = {}
         d_t = g.op("Mul", [dy, h if self.carry == "learned" else g.op("Sub", [h, x])])

@@ -7,6 +7,7 @@ lrn: local response normalization across channels (no parameters; see Lrn).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -17,6 +18,8 @@ from .base import Layer, Param, Shape, need_rank, product, register
 
 class BatchNormBase(Layer):
     ranks: ClassVar[tuple[int, ...]]
+    fp32_ops: ClassVar[frozenset[str]] = frozenset({"BatchNormalization"})
+    draw_family: ClassVar[str] = "norm"
     eps: float = 1e-5
     momentum: float = 0.1
 
@@ -42,15 +45,26 @@ class BatchNormBase(Layer):
         return [dx], grads
 
 
+@dataclass(frozen=True)
+class BatchStats:
+    """What a training-mode batchnorm keeps for its backward rule: x - mean, 1/sqrt(var + eps),
+    the [N, 1, ...] real-row mask and the number of real positions per channel."""
+
+    centered: str
+    inv: str
+    rows: str
+    count: str
+
+
 def batchnorm_train(g, x: str, shape: Shape, prefix: str, eps: float, momentum: float) -> str:
     """Training mode from primitive ops (CUDA refuses BatchNormalization's training_mode):
-    statistics over the batch's real rows (g.aux's mask; padding rows neither count nor move
+    statistics over the batch's real rows (g.batch_mask; padding rows neither count nor move
     the running statistics), running stats updated as PyTorch does, with the unbiased variance:
-    new = (1 - momentum) * old + momentum * batch. Leaves what the vjp needs in g.aux.
+    new = (1 - momentum) * old + momentum * batch. Keeps BatchStats for the vjp.
     Full-size passes are the cost (the ops are memory-bound): the mask is applied after the
     spatial sums, on [N, C] values, and y comes from BatchNormalization in inference mode fed
     the batch's statistics, so a forward makes four elementwise passes over x."""
-    rows = g.op("Reshape", [g.aux[("", "mask")], g.ints([-1] + [1] * len(shape))])
+    rows = g.op("Reshape", [g.batch_mask, g.ints([-1] + [1] * len(shape))])
     count = g.op("Mul", [g.op("ReduceSum", [rows], keepdims=0), g.scalar(float(product(shape[1:])))])
     count = g.op("Max", [count, g.scalar(1.0)])
     mean = real_sum(g, spatial_sum(g, x, shape), rows, count)
@@ -62,9 +76,8 @@ def batchnorm_train(g, x: str, shape: Shape, prefix: str, eps: float, momentum: 
         old = g.param(prefix + stat)
         batch = g.op("Reshape", [batch, g.ints([-1])])
         moved = g.op("Mul", [g.op("Sub", [batch, old]), g.scalar(momentum)])
-        g.aux[(g.node_id, f"new:{prefix}{stat}")] = g.op("Add", [old, moved])
-    g.aux.update({(g.node_id, prefix + "centered"): centered, (g.node_id, prefix + "inv"): inv,
-                  (g.node_id, prefix + "rows"): rows, (g.node_id, prefix + "count"): count})
+        g.new_state(prefix + stat, g.op("Add", [old, moved]))
+    g.keep(BatchStats(centered, inv, rows, count))
     # y from the batch statistics by the inference-mode BatchNormalization op: one pass over
     # x where Mul and Add took two (and 1.6x as long)
     flat = g.ints([-1])
@@ -92,8 +105,8 @@ def batchnorm_vjp(g, dy: str, shape: Shape, prefix: str):
     inv * dxhat (it moved no statistic). Written as dx = a * dy - (centered * rc + rb) with
     a = inv * w, rb = rows * a * mean(dy), rc = rows * a * inv^2 * mean(dy * centered): four
     full-size passes after the sums instead of ten."""
-    centered, inv, rows, count = (g.aux[(g.node_id, prefix + k)]
-                                  for k in ("centered", "inv", "rows", "count"))
+    stats = g.kept(BatchStats)
+    centered, inv, rows, count = stats.centered, stats.inv, stats.rows, stats.count
     by_sample = spatial_sum(g, dy, shape)                               # sum dy
     by_sample_c = spatial_sum(g, g.op("Mul", [dy, centered]), shape)   # sum dy * centered
     all_rows = g.ints([0, *range(2, len(shape) + 1)])
@@ -143,6 +156,8 @@ class Lrn(Layer):
     c + ceil((size-1)/2)])^beta, as ONNX LRN (its `bias` is our `k`).
     """
     op: Literal["lrn"] = "lrn"
+    fp32_ops: ClassVar[frozenset[str]] = frozenset({"LRN"})
+    draw_family: ClassVar[str] = "norm"
     size: int
     alpha: float = 1e-4
     beta: float = 0.75

@@ -8,6 +8,7 @@ dropped. Average pooling divides by the number of input (not padding) positions 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import ClassVar, Literal, Union
 
@@ -22,6 +23,7 @@ PoolPad = Union[Literal["valid", "same"], int, list[int], list[list[int]]]
 
 class PoolBase(Layer):
     dims: ClassVar[int]
+    draw_family: ClassVar[str] = "pool"
     onnx_op: ClassVar[str]
     kernel: int | list[int]
     stride: int | list[int] | None = None
@@ -83,25 +85,45 @@ class PoolBase(Layer):
         return g.op(self.onnx_op, [xs[0]], **self.attrs(shapes[0]))
 
 
+@dataclass(frozen=True)
+class PoolIndices:
+    """A max pool's argmax Indices output (flat over N, C and space), kept for a maxunpool that
+    reads it and for the pool's own backward rule."""
+
+    value: str
+
+
 class MaxPoolBase(PoolBase):
     onnx_op: ClassVar[str] = "MaxPool"
 
     def lower(self, g, xs, shapes, out):
-        """With a maxunpool reading this pool, also emit the argmax Indices for it."""
-        if not g.aux.get((g.node_id, "want_indices")):
-            return super().lower(g, xs, shapes, out)
-        y, g.aux[(g.node_id, "indices")] = g.op("MaxPool", [xs[0]], outputs=2,
-                                                **self.attrs(shapes[0]))
+        return self.emit(g, xs[0], self.attrs(shapes[0]))
+
+    def lower_portable(self, g, xs, shapes, out):
+        """Max pooling pads with -inf implicitly: larger end pads and floor mode are exact, and
+        the Indices (for an unpool) still count over the unpadded input."""
+        k, s, _ = self.geometry()
+        pads = onnx_pads(floor_pads(self, shapes[0], out))
+        return self.emit(g, xs[0], dict(kernel_shape=list(k), strides=list(s), pads=pads,
+                                        ceil_mode=0))
+
+    def emit(self, g, x: str, attrs: dict) -> str:
+        """With a maxunpool (or the backward rule) reading this pool, also emit the argmax
+        Indices and keep them."""
+        if not g.wants(PoolIndices):
+            return g.op("MaxPool", [x], **attrs)
+        y, indices = g.op("MaxPool", [x], outputs=2, **attrs)
+        g.keep(PoolIndices(indices))
         return y
 
     def lower_train(self, g, xs, shapes, out):
-        g.aux[(g.node_id, "want_indices")] = True
+        g.want(g.node_id, PoolIndices)
         return self.lower(g, xs, shapes, out)
 
     def vjp(self, g, xs, shapes, out, y, dy):
         """Each output's gradient added at its argmax (ScatterElements with add, not MaxUnpool,
         which overwrites where windows overlap). Indices count over the flattened input."""
-        return [scatter_add(g, xs[0], g.aux[(g.node_id, "indices")], dy)], {}
+        return [scatter_add(g, xs[0], g.kept(PoolIndices).value, dy)], {}
 
 
 def floor_pads(layer, shape, out) -> list[tuple[int, int]]:
@@ -134,6 +156,10 @@ class AvgPoolBase(PoolBase):
         if self.count_include_pad and self.drops_last_window(shapes[0]):
             return self.lower_padded(g, xs, shapes, out)
         return super().lower(g, xs, shapes, out)
+
+    def lower_portable(self, g, xs, shapes, out):
+        """Explicit zero padding and a divisor fix: the same divisors on every host."""
+        return self.lower_padded(g, xs, shapes, out)
 
     def lower_padded(self, g, xs, shapes, out):
         """Explicit zero Pad, then AveragePool with no padding at all (every window full, so the
@@ -217,6 +243,7 @@ class AvgPool3d(AvgPoolBase):
 
 class GlobalPoolBase(Layer):
     onnx_op: ClassVar[str]
+    draw_family: ClassVar[str] = "pool"
     keepdims: bool = False
 
     def infer(self, shapes: list[Shape]) -> Shape:
@@ -258,5 +285,5 @@ class GlobalMaxPool(GlobalPoolBase):
         """The gradient goes to the maximum's position (to every tied one, which float inputs
         make rare; PyTorch picks one)."""
         at_max = g.op("Equal", [xs[0], self.spread(g, xs[0], shapes[0], y)])
-        mask = g.op("Cast", [at_max], to=1)
+        mask = g.op("Cast", [at_max], to=g.FLOAT)
         return [g.op("Mul", [mask, self.spread(g, xs[0], shapes[0], dy)])], {}

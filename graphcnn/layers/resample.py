@@ -7,7 +7,7 @@
   half_pixel), or x = o * (L-1) / (L*scale - 1) (align_corners: true: the corner samples meet).
 - maxunpool: inputs [previous, pool]; puts each value back at the argmax position the maxpool
   `pool` recorded, zeros elsewhere; out = that pool's input shape. The pool's lowering emits
-  its Indices when some maxunpool requests them (`requests`, read before lowering starts).
+  its Indices when some maxunpool needs them (`needs`, asked before lowering starts).
 - subsample: keeps positions 0, k, 2k, ...: out = ceil(L / k).
 - crop: center crop to `size` or to the spatial size of the node `like` (inputs [previous,
   like]); the start offset per axis is floor((L - target) / 2).
@@ -23,7 +23,7 @@ from pydantic import model_validator
 
 from ..errors import ShapeError
 from .base import Layer, Shape, Window, fmt_shape, product, register
-from .pool import MaxPoolBase
+from .pool import MaxPoolBase, PoolIndices
 from .spatial import _pair, per_axis
 
 
@@ -47,6 +47,7 @@ def identity_window(shape: Shape) -> Window:
 class Upsample(Layer):
     """Upsampling by an integer factor per spatial axis, nearest or (multi)linear."""
     op: Literal["upsample"] = "upsample"
+    draw_family: ClassVar[str] = "upsample"
     scale: int | list[int]
     mode: Literal["nearest", "linear"] = "nearest"
     align_corners: bool = False
@@ -88,15 +89,33 @@ class Upsample(Layer):
             split = [0, x[0], *(v for L, f in zip(x[1:], self.factors(x)) for v in (L, f))]
             blocks = g.op("Reshape", [dy, g.ints(split)])
             return [g.op("ReduceSum", [blocks, g.ints(range(3, 2 * len(x), 2))], keepdims=0)], {}
-        for axis, (L, f) in enumerate(zip(x[1:], self.factors(x)), start=2):
+        return [self.along_axes(g, dy, x, lambda L, f: self.interpolation(L, L * f))], {}
+
+    def lower_portable(self, g, xs, shapes, out):
+        """Resize's rounding and coordinate rules differ between ONNX hosts: nearest as
+        Reshape + Expand ([N, C, L1, ...] -> [N, C, L1, 1, ...] -> [.., L1, s1, ..] ->
+        [N, C, L1*s1, ..]); linear as the input times each axis's constant interpolation
+        matrix (the transpose of what the backward rule multiplies by)."""
+        x = shapes[0]
+        if self.mode == "linear":
+            return self.along_axes(g, xs[0], x, lambda L, f: self.interpolation(L, L * f).T)
+        split = [0, 0, *(v for L in x[1:] for v in (L, 1))]
+        wide = [1, 1, *(v for L, f in zip(x[1:], self.factors(x)) for v in (L, f))]
+        y = g.op("Expand", [g.op("Reshape", [xs[0], g.ints(split)]), g.ints(wide)])
+        return g.op("Reshape", [y, g.ints([0, 0, *out[1:]])])
+
+    def along_axes(self, g, value: str, shape: Shape, matrix_of) -> str:
+        """Per spatial axis with a factor above 1: that axis moved last, times the constant
+        matrix_of(length, factor), moved back."""
+        for axis, (L, f) in enumerate(zip(shape[1:], self.factors(shape)), start=2):
             if f == 1:
                 continue
-            perm = list(range(len(x) + 1))
+            perm = list(range(len(shape) + 1))
             perm[axis], perm[-1] = perm[-1], axis
-            moved = g.op("Transpose", [dy], perm=perm)
-            weights = g.array(f"interp{axis}", self.interpolation(L, L * f))
-            dy = g.op("Transpose", [g.op("MatMul", [moved, weights])], perm=perm)
-        return [dy], {}
+            moved = g.op("Transpose", [value], perm=perm)
+            weights = g.array(f"interp{axis}", matrix_of(L, f))
+            value = g.op("Transpose", [g.op("MatMul", [moved, weights])], perm=perm)
+        return value
 
     def interpolation(self, length: int, size: int) -> np.ndarray:
         """[size, length]: output o = sum_i A[o, i] x[i], by the source coordinates above."""
@@ -119,6 +138,7 @@ class MaxUnpool(Layer):
     Its window is the identity: the receptive field keeps the pool's jump (a coarse bound;
     window() sees shapes only, not the pool's stride)."""
     op: Literal["maxunpool"] = "maxunpool"
+    draw_family: ClassVar[str] = "upsample"
     pool: str
     arity: ClassVar[tuple[int, int | None]] = (2, 2)
     skip_kind: ClassVar[str] = "unpool"
@@ -140,8 +160,8 @@ class MaxUnpool(Layer):
     def infer(self, shapes: list[Shape]) -> Shape:
         raise ShapeError("maxunpool needs its pool node's geometry (checker without infer_with)")
 
-    def requests(self, inputs: list[str]) -> list[tuple[str, str]]:
-        return [(inputs[1], "want_indices")]
+    def needs(self, inputs: list[str]) -> list[tuple[str, type]]:
+        return [(inputs[1], PoolIndices)]
 
     def window(self, shapes: list[Shape]) -> Window:
         return identity_window(shapes[0])
@@ -152,14 +172,14 @@ class MaxUnpool(Layer):
         from a runtime output_shape and onnx.reference sizes it from the pool attributes."""
         batch = g.op("Slice", [g.op("Shape", [xs[0]]), g.ints([0]), g.ints([1])])
         zeros = g.op("ConstantOfShape", [g.op("Mul", [batch, g.ints([product(out)])])])
-        flat = [g.op("Reshape", [v, g.ints([-1])]) for v in (xs[0], g.aux[(xs[1], "indices")])]
+        flat = [g.op("Reshape", [v, g.ints([-1])]) for v in (xs[0], g.kept(PoolIndices, xs[1]).value)]
         y = g.op("ScatterElements", [zeros, flat[1], flat[0]], axis=0)
         return g.op("Reshape", [y, g.ints([-1, *out])])
 
     def vjp(self, g, xs, shapes, out, y, dy):
         """Each input value reads back the gradient at its argmax position (the pool input
         only supplied positions: no gradient flows into it from here)."""
-        flat = [g.op("Reshape", [v, g.ints([-1])]) for v in (dy, g.aux[(xs[1], "indices")])]
+        flat = [g.op("Reshape", [v, g.ints([-1])]) for v in (dy, g.kept(PoolIndices, xs[1]).value)]
         picked = g.op("GatherElements", flat, axis=0)
         return [g.op("Reshape", [picked, g.ints([-1, *shapes[0]])]), None], {}
 
@@ -168,6 +188,7 @@ class MaxUnpool(Layer):
 class Subsample(Layer):
     """Keep every `factor`-th position on each spatial axis, starting at 0."""
     op: Literal["subsample"] = "subsample"
+    draw_family: ClassVar[str] = "pool"
     factor: int | list[int]
 
     def factors(self, shape: Shape) -> tuple[int, ...]:
@@ -207,6 +228,7 @@ class Subsample(Layer):
 class Crop(Layer):
     """Center crop to `size`, or to the spatial size of the node `like` (U-Net skips)."""
     op: Literal["crop"] = "crop"
+    draw_family: ClassVar[str] = "crop"
     like: str | None = None
     size: list[int] | None = None
     arity: ClassVar[tuple[int, int | None]] = (1, 2)
@@ -270,6 +292,7 @@ class Crop(Layer):
 class Pad(Layer):
     """Constant padding of the spatial axes: an int, one per axis, or [begin, end] per axis."""
     op: Literal["pad"] = "pad"
+    draw_family: ClassVar[str] = "crop"
     pads: int | list[int | list[int]]
     value: float = 0.0
 

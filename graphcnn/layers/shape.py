@@ -9,7 +9,7 @@ Both may move positions across axes, so the receptive field is reported as the w
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from ..errors import ShapeError
 from .base import GLOBAL, Layer, Shape, fmt_shape, product, register
@@ -19,6 +19,7 @@ from .base import GLOBAL, Layer, Shape, fmt_shape, product, register
 class Reshape(Layer):
     """View the non-batch axes with another shape (same number of elements)."""
     op: Literal["reshape"] = "reshape"
+    draw_family: ClassVar[str] = "dense"
     shape: list[int]
 
     def infer(self, shapes: list[Shape]) -> Shape:
@@ -49,6 +50,7 @@ class Reshape(Layer):
 class Permute(Layer):
     """Reorder the non-batch axes: out[i] = in[perm[i]] (0 = channels)."""
     op: Literal["permute"] = "permute"
+    draw_family: ClassVar[str] = "dense"
     perm: list[int]
 
     def infer(self, shapes: list[Shape]) -> Shape:

@@ -3,23 +3,72 @@
 Names flow from the spec: a node's result is the value named by its id, its parameters are
 `<id>.<name>`, and intermediates are `<id>/<Op><k>`. Small constants are shared and named by
 their value, so the same spec always gives the same graph.
+
+What one node's lowering hands another (a max pool's Indices to its unpool, a batchnorm's
+batch statistics to its own backward rule) is kept as a typed value: a small frozen dataclass
+the layer defines, stored under (node id, its class) by `keep` and read by `kept`. A mistyped
+class name fails at import; a value never kept fails at the first lowering that reads it.
 """
 from __future__ import annotations
+
+from typing import TypeVar
 
 import numpy as np
 from onnx import NodeProto, TensorProto, helper, numpy_helper
 
+from ..errors import CompileError
+
+Kept = TypeVar("Kept")
+
 
 class Emitter:
+    FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64  # for Cast's `to`, by name
+
     def __init__(self, float_type: int = TensorProto.FLOAT):
         self.nodes: list[NodeProto] = []
         self.constants: dict[str, TensorProto] = {}
         self.float_type = float_type
         self.node_id = ""
-        self.aux: dict[tuple[str, str], str] = {}  # (node id, role) -> value, e.g. pool indices
+        self._kept: dict[tuple[str, type], object] = {}
+        self._wanted: set[tuple[str, type]] = set()
+        self.state_updates: dict[tuple[str, str], str] = {}  # (node id, param) -> new value
         self._start = 0
         self._counter = 0
         self.phase = ""
+
+    @property
+    def batch_mask(self) -> str:
+        """[B] float: 1 for a real row of the batch, 0 for a padding row (training only)."""
+        raise CompileError("the batch mask exists only in a training step")
+
+    @property
+    def step(self) -> str:
+        """The int64 scalar training step, 1-based (training only)."""
+        raise CompileError("the step counter exists only in a training step")
+
+    def want(self, node_id: str, kind: type) -> None:
+        """Ask node `node_id` to keep a `kind` value when it lowers (see Layer.needs)."""
+        self._wanted.add((node_id, kind))
+
+    def wants(self, kind: type) -> bool:
+        """Whether some node asked the current node for a `kind` value."""
+        return (self.node_id, kind) in self._wanted
+
+    def keep(self, value: object) -> None:
+        """Keep a typed value of the current node, for another node or its own backward rule."""
+        self._kept[(self.node_id, type(value))] = value
+
+    def kept(self, kind: type[Kept], node_id: str | None = None) -> Kept:
+        """The `kind` value kept by `node_id` (default: the current node)."""
+        key = (node_id if node_id is not None else self.node_id, kind)
+        if key not in self._kept:
+            raise CompileError(f"no {kind.__name__} was kept by node '{key[0]}'")
+        return self._kept[key]  # type: ignore[return-value]
+
+    def new_state(self, param: str, value: str) -> None:
+        """The value that the current node's non-trainable parameter `param` (a running
+        statistic) takes after this training step."""
+        self.state_updates[(self.node_id, param)] = value
 
     def begin(self, node_id: str, phase: str = "") -> None:
         """Start a node's ops. `phase` tags their names (training writes a layer's backward as

@@ -2,32 +2,34 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from .. import __version__
-from ..errors import CompileError, GraphCnnError
+from ..errors import CompileError
 from ..graph import CheckedGraph
-from ..graph.check import gc_paused
+from ..gcpause import gc_paused
 from ..layers import Param, Shape
 from .emitter import Emitter
 from .init import initial_value
 from .opset import choose_opset
+from .walk import inference, lower_nodes, portable_for
 
 
 @gc_paused()
 def lower(checked: CheckedGraph, *, seed: int = 0, opset: int | None = None,
           batch: int | None = None, weights: Mapping[str, np.ndarray] | None = None,
-          spec_text: str | None = None, parameters: bool = True) -> onnx.ModelProto:
+          spec_text: str | None = None, parameters: bool = True,
+          portable: Iterable[str] = ()) -> onnx.ModelProto:
     """An inference model: every value named from the spec, every intermediate with value_info.
     With `parameters=False` the weights are left out, for save_model to stream them straight
-    to the file (pending_parameters)."""
+    to the file (pending_parameters). The nodes in `portable` use their portable lowering."""
     if batch is not None and batch < 1:
         raise CompileError("batch must be at least 1", received=str(batch))
-    g = emit_nodes(checked)
+    g = emit_nodes(checked, portable)
     version = choose_opset(opset, {n.op_type for n in g.nodes})
     dim = batch if batch is not None else "N"
     inputs = [value_info(n, s, dim) for n, s in checked.inputs.items()]
@@ -47,18 +49,10 @@ def lower(checked: CheckedGraph, *, seed: int = 0, opset: int | None = None,
     return model
 
 
-def emit_nodes(checked: CheckedGraph) -> Emitter:
+def emit_nodes(checked: CheckedGraph, portable: Iterable[str] = ()) -> Emitter:
+    """Every node's inference lowering (the portable one for the ids in `portable`)."""
     g = Emitter()
-    for node in checked.nodes:  # what a node needs from another before any is lowered
-        for key in getattr(node.layer, "requests", lambda inputs: [])(list(node.inputs)):
-            g.aux[key] = True  # e.g. (pool id, 'want_indices') from a maxunpool
-    for node in checked.nodes:
-        g.begin(node.id)
-        try:
-            result = node.layer.lower(g, list(node.inputs), list(node.in_shapes), node.shape)
-        except GraphCnnError as exc:
-            raise exc.at(node.loc, node.id, node.via) from None
-        g.finish(result)
+    lower_nodes(g, checked.nodes, portable_for(portable) if portable else inference)
     return g
 
 

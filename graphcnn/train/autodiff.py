@@ -1,26 +1,36 @@
 """Reverse-mode differentiation over a CheckedGraph, emitted as ONNX nodes.
 
-The forward pass is emitted first, in training mode (a layer's `lower_train` when it has one,
-else its `lower`), so every forward value a backward rule needs is already a graph value: a
-node's inputs, its result (named by the node id) and anything it left in `g.aux`. Then the
-nodes are walked in reverse topological order; each layer's `vjp(g, xs, shapes, out, y, dy)`
-returns (gradient per input or None, {param name: gradient}). A value read by several nodes
-gets the sum of their contributions.
+The forward pass is emitted first, each node by its layer's `lower_train`, so every forward
+value a backward rule needs is already a graph value: a node's inputs, its result (named by
+the node id) and what it kept (`g.keep`). Then the nodes are walked in reverse topological
+order; each layer's `vjp(g, xs, shapes, out, y, dy)` returns (gradient per input or None,
+{param name: gradient}). A value read by several nodes gets the sum of their contributions.
 """
 from __future__ import annotations
 
-from ..errors import CompileError, GraphCnnError
+from ..errors import GraphCnnError
 from ..graph import CheckedGraph
 from ..lower.emitter import Emitter
-
-MASK_KEY = ("", "mask")  # g.aux entry naming the [B] float mask of real (not padding) rows
-STEP_KEY = ("", "step")  # g.aux entry naming the int64 scalar step (dropout masks use it)
+from ..lower.walk import lower_nodes, training
 
 
 class TrainEmitter(Emitter):
-    """The Emitter of training models. Node and op names carry the phase given to begin() (see
+    """The Emitter of training models, with the step's batch mask and step counter (the
+    model inputs that name them). Node and op names carry the phase given to begin() (see
     Emitter.begin); constants owned by a node carry it too, so forward and backward constants
     of one layer never collide."""
+
+    def __init__(self, mask: str, step: str):
+        super().__init__()
+        self._mask, self._step = mask, step
+
+    @property
+    def batch_mask(self) -> str:
+        return self._mask
+
+    @property
+    def step(self) -> str:
+        return self._step
 
     def array(self, name: str, values) -> str:
         return super().array(self.phase + name, values)
@@ -28,14 +38,7 @@ class TrainEmitter(Emitter):
 
 def forward(g: TrainEmitter, checked: CheckedGraph) -> None:
     """Emit every node in training mode; each result is named by its node id."""
-    for node in checked.nodes:
-        g.begin(node.id)
-        lower = getattr(node.layer, "lower_train", node.layer.lower)
-        try:
-            result = lower(g, list(node.inputs), list(node.in_shapes), node.shape)
-        except GraphCnnError as exc:
-            raise exc.at(node.loc, node.id, node.via) from None
-        g.finish(result)
+    lower_nodes(g, checked.nodes, training)
 
 
 def backward(g: TrainEmitter, checked: CheckedGraph, seeds: dict[str, str]) -> dict[str, str]:
@@ -57,13 +60,8 @@ def backward(g: TrainEmitter, checked: CheckedGraph, seeds: dict[str, str]) -> d
 
 
 def node_vjp(g: TrainEmitter, node, dy: str):
-    vjp = getattr(node.layer, "vjp", None)
-    if vjp is None:
-        raise CompileError(f"op '{node.op}' has no backward rule (vjp), so a network using it "
-                           "cannot be trained", loc=node.loc, node=node.id, via=node.via,
-                           hint="train without this op, or use it only after the loss input")
     try:
-        return vjp(g, list(node.inputs), list(node.in_shapes), node.shape, node.id, dy)
+        return node.layer.vjp(g, list(node.inputs), list(node.in_shapes), node.shape, node.id, dy)
     except GraphCnnError as exc:
         raise exc.at(node.loc, node.id, node.via) from None
 

@@ -4,7 +4,8 @@ Every loss is a mean over the real rows of the batch: `mask` [B] is 1 for a real
 for a padding row, so a padded last batch gives the same loss and gradients as the bare one.
 
 - cross_entropy: labels int64 [B]; the output is read as logits, or, when the output node is a
-  softmax, its input is (LogSoftmax + GatherElements: stable, and every host runs them).
+  probability output (a softmax: Layer.probability_output), its input is (LogSoftmax +
+  GatherElements: stable, and every host runs them).
   d loss / d logits = (softmax(logits) - onehot(label)) * mask / count.
 - mse: labels shaped like the output; the mean of (y - t)^2 over the real rows' elements.
   d loss / d y = 2 (y - t) * mask / (count * elements per row).
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from ..errors import CompileError
 from ..graph import CheckedGraph
 from ..layers.base import fmt_shape, product
-from .autodiff import MASK_KEY, TrainEmitter
+from .autodiff import TrainEmitter
 
 LOSSES = ("cross_entropy", "mse")
 
@@ -43,7 +44,7 @@ def build_loss(g: TrainEmitter, checked: CheckedGraph, kind: str, labels: str) -
 
 def logits_of(checked: CheckedGraph, out: str) -> tuple[str, tuple]:
     name = out
-    if out not in checked.inputs and checked.node(out).op == "softmax":
+    if out not in checked.inputs and checked.node(out).layer.probability_output:
         name = checked.node(out).inputs[0]
     shape = checked.shape_of(name)
     if len(shape) != 1:
@@ -55,11 +56,11 @@ def logits_of(checked: CheckedGraph, out: str) -> tuple[str, tuple]:
 
 def real_rows(g: TrainEmitter) -> str:
     """The number of real rows, at least 1 (an all-padding batch gives loss 0, not NaN)."""
-    return g.op("Max", [g.op("ReduceSum", [g.aux[MASK_KEY]], keepdims=0), g.scalar(1.0)])
+    return g.op("Max", [g.op("ReduceSum", [g.batch_mask], keepdims=0), g.scalar(1.0)])
 
 
 def cross_entropy(g: TrainEmitter, logits: str, shape: tuple, labels: str) -> LossValues:
-    mask = g.aux[MASK_KEY]
+    mask = g.batch_mask
     logp = g.op("LogSoftmax", [logits], axis=1)
     column = g.op("Unsqueeze", [labels, g.ints([1])])
     picked = g.op("Reshape", [g.op("GatherElements", [logp, column], axis=1), g.ints([-1])])
@@ -67,16 +68,16 @@ def cross_entropy(g: TrainEmitter, logits: str, shape: tuple, labels: str) -> Lo
     summed = g.op("ReduceSum", [g.op("Mul", [picked, mask])],
                   keepdims=0)
     loss = g.op("Neg", [g.op("Div", [summed, count])])
-    onehot = g.op("Cast", [g.op("Equal", [column, g.ints(range(shape[0]))])], to=1)
+    onehot = g.op("Cast", [g.op("Equal", [column, g.ints(range(shape[0]))])], to=g.FLOAT)
     weight = g.op("Div", [g.op("Unsqueeze", [mask, g.ints([1])]), count])
     grad = g.op("Mul", [g.op("Sub", [g.op("Exp", [logp]), onehot]), weight])
     hits = g.op("Equal", [g.op("ArgMax", [logits], axis=1, keepdims=0), labels])
-    correct = g.op("ReduceSum", [g.op("Mul", [g.op("Cast", [hits], to=1), mask])], keepdims=0)
-    return LossValues(loss, g.op("Cast", [correct], to=7), {logits: grad})
+    correct = g.op("ReduceSum", [g.op("Mul", [g.op("Cast", [hits], to=g.FLOAT), mask])], keepdims=0)
+    return LossValues(loss, g.op("Cast", [correct], to=g.INT64), {logits: grad})
 
 
 def mse(g: TrainEmitter, out: str, shape: tuple, target: str) -> LossValues:
-    rows = g.op("Reshape", [g.aux[MASK_KEY], g.ints([-1] + [1] * len(shape))])
+    rows = g.op("Reshape", [g.batch_mask, g.ints([-1] + [1] * len(shape))])
     diff = g.op("Sub", [out, target])
     denom = g.op("Mul", [real_rows(g), g.scalar(float(product(shape)))])
     masked = g.op("Mul", [diff, rows])

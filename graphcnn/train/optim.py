@@ -71,7 +71,7 @@ def adam(g: TrainEmitter, cfg: OptimConfig, param: str, grad: str, lr: str,
     new_m = g.op("Add", [g.op("Mul", [m, g.scalar(b1)]), g.op("Mul", [grad, g.scalar(1 - b1)])])
     square = g.op("Mul", [grad, grad])
     new_v = g.op("Add", [g.op("Mul", [v, g.scalar(b2)]), g.op("Mul", [square, g.scalar(1 - b2)])])
-    t = g.op("Cast", [step], to=1)
+    t = g.op("Cast", [step], to=g.FLOAT)
     m_hat = g.op("Div", [new_m, bias_correction(g, b1, t)])
     v_hat = g.op("Div", [new_v, bias_correction(g, b2, t)])
     delta = g.op("Div", [m_hat, g.op("Add", [g.op("Sqrt", [v_hat]), g.scalar(cfg.eps)])])

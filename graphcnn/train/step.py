@@ -25,7 +25,7 @@ from ..lower.inference import make_model
 from ..lower.init import initial_value
 from ..lower.opset import choose_opset
 from . import losses
-from .autodiff import MASK_KEY, STEP_KEY, TrainEmitter, backward, forward
+from .autodiff import TrainEmitter, backward, forward
 from .optim import OptimConfig, update
 
 
@@ -65,17 +65,15 @@ def build_training_step(checked: CheckedGraph, *, batch: int, loss: str = "cross
     if len(checked.inputs) != 1:
         raise CompileError("training needs a network with exactly one input",
                            received=", ".join(checked.inputs))
-    version = choose_opset(opset)
     data = next(iter(checked.inputs))
-    g = TrainEmitter()
-    g.aux[MASK_KEY], g.aux[STEP_KEY] = "mask", "step"
+    g = TrainEmitter(mask="mask", step="step")
     forward(g, checked)
     values = losses.build_loss(g, checked, loss, "labels")
     grads = backward(g, checked, values.seeds)
     params, state, new = carry_updates(g, checked, cfg, grads)
     outputs = {"loss": values.loss, **({"correct": values.correct} if values.correct else {}),
                **{f"{n}.new": new[n] for n in params + state}}
-    model = assemble(g, checked, batch, data, loss, params + state, outputs, version)
+    model = assemble(g, checked, batch, data, loss, params + state, outputs, opset)
     return TrainingStep(model, batch, data, params=params, state=state, outputs=list(outputs),
                         loss=loss, optimizer=optimizer)
 
@@ -84,13 +82,14 @@ def carry_updates(g: TrainEmitter, checked: CheckedGraph, cfg: OptimConfig,
                   grads: dict[str, str]):
     """(params, state, {carried name: new value}): optimizer updates for trainable parameters
     (unchanged when the loss does not reach them), layer state from the training forward."""
+    check_state_updates(g, checked)
     params, state, new = [], [], {}
     for node in checked.nodes:
         for pname, param in node.params.items():
             name = f"{node.id}.{pname}"
             if not param.trainable:
                 state.append(name)
-                new[name] = g.aux.get((node.id, f"new:{pname}"), name)
+                new[name] = g.state_updates.get((node.id, pname), name)
                 continue
             params.append(name)
             extra = cfg.state_names(name)
@@ -102,8 +101,18 @@ def carry_updates(g: TrainEmitter, checked: CheckedGraph, cfg: OptimConfig,
     return params, state, new
 
 
+def check_state_updates(g: TrainEmitter, checked: CheckedGraph) -> None:
+    """Every new_state a layer emitted names a non-trainable parameter of its node: a
+    misspelled name would otherwise leave the statistic silently unchanged."""
+    for node_id, pname in g.state_updates:
+        param = checked.node(node_id).params.get(pname)
+        if param is None or param.trainable:
+            raise AssertionError(f"{node_id}: new_state('{pname}') names no state parameter "
+                                 f"of the node ({', '.join(checked.node(node_id).params)})")
+
+
 def assemble(g: TrainEmitter, checked: CheckedGraph, batch: int, data: str, loss: str,
-             carried: list[str], outputs: dict[str, str], version: int) -> onnx.ModelProto:
+             carried: list[str], outputs: dict[str, str], opset: int | None) -> onnx.ModelProto:
     shapes = carried_shapes(checked)
     out_shape = checked.shape_of(checked.outputs[0])
     label = helper.make_tensor_value_info("labels", TensorProto.INT64, [batch]) \
@@ -118,6 +127,7 @@ def assemble(g: TrainEmitter, checked: CheckedGraph, batch: int, data: str, loss
     out_infos = [float_info(n, shapes[n[:-4]]) if n.endswith(".new") else scalar_info(n)
                  for n in outputs]
     nodes = prune(nodes, list(outputs))
+    version = choose_opset(opset, {n.op_type for n in nodes})
     used = {v for n in nodes for v in n.input}
     constants = [t for name, t in g.constants.items() if name in used]
     graph = helper.make_graph(nodes, f"{checked.name}.train", inputs, out_infos,
