@@ -12,7 +12,8 @@ from conftest import SPECS, ort_run
 from graphcnn.api import load_spec
 from graphcnn.cli import main
 from graphcnn.errors import CompileError
-from graphcnn.shapes.sizes import Sweep, admissible
+from graphcnn.graph.sweep import Sweep
+from graphcnn.shapes.sizes import admissible
 
 # the U-Net of specs/unet.yaml with 1/16 of its widths: same sizes, quick to run
 TINY_UNET = """

@@ -11,7 +11,8 @@ from graphcnn.api import load_spec
 from graphcnn.cli import main
 from graphcnn.errors import GraphCnnError, ShapeError
 from graphcnn.graph import check
-from graphcnn.shapes.sizes import Sweep, admissible
+from graphcnn.graph.sweep import Sweep
+from graphcnn.shapes.sizes import admissible
 
 STRIDED_1D = """
 name: strided1d
@@ -28,9 +29,9 @@ nodes:
 def no_nearest(monkeypatch):
     """Brute force checks hundreds of sizes that fail; skip the nearest-size search of the
     error message (it does not decide what fits)."""
-    import graphcnn.shapes.static as static
+    import graphcnn.graph.input_sizes as input_sizes
 
-    monkeypatch.setattr(static, "_nearest", lambda sweep: [])
+    monkeypatch.setattr(input_sizes, "_nearest", lambda sweep: [])
 
 
 def brute_force(spec, name, shape_at, low, high):

@@ -10,7 +10,8 @@ PER_LINE = 8
 @command("sizes", "list the spatial input sizes a spec accepts and the output size at each")
 def cmd_sizes(args) -> int:
     from ..api import load_spec
-    from ..shapes.sizes import Sweep, admissible
+    from ..graph.sweep import Sweep
+    from ..shapes.sizes import admissible
 
     low, high = _range(args.range)
     report = admissible(Sweep.of_spec(load_spec(args.spec), args.axis), low, high)

@@ -12,9 +12,11 @@ shows only at sizes further away than the nearest ALTERNATIVES would go unseen.
 from __future__ import annotations
 
 from ..errors import CompileError
+from ..graph.sweep import Axis, Sweep, axis_names
+from ..graph.wiring import build_graph, topological
 from ..lower.emitter import Emitter
-from .expr import fit
-from .sizes import Sweep, axis_names
+from ..shapes.expr import fit
+from ..spec.expand import flatten
 
 ALTERNATIVES, SAMPLES, SEARCH = 12, 48, 512  # sizes lowered / sizes fitted / search span
 
@@ -33,10 +35,6 @@ def resolve(checked, names: list[str]) -> list:
 
 def _sweep(checked, inp: str, index: int, name: str) -> Sweep:
     """A sweep of that one axis from the checked (concrete) sizes."""
-    from ..graph.check import build_graph, topological
-    from ..spec.expand import flatten
-    from .sizes import Axis
-
     flat = flatten(checked.spec)
     flat.inputs = dict(checked.inputs)
     sweep = Sweep(flat, topological(build_graph(flat), flat))

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..errors import GraphCnnError, ShapeError, SpecError
-from .sizes import DEFAULT_RANGE, Sweep, axis_names, is_symbolic, nearest
+from .sweep import Sweep, axis_names, is_symbolic, nearest
+
+DEFAULT_RANGE = (1, 1100)  # searched for a symbolic spec's smallest size (`graphcnn sizes`' default)
 
 
 def explain_size(flat, order, exc: ShapeError, spec) -> GraphCnnError:

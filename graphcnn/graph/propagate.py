@@ -1,0 +1,50 @@
+"""Shape propagation: every node's output shape, parameters, MACs and receptive field, in
+topological order. The checker runs it once; a size sweep re-runs it at every input size."""
+from __future__ import annotations
+
+from fractions import Fraction
+
+from ..errors import GraphCnnError, SpecError
+from ..layers import Shape
+from ..spec.expand import FlatNode, FlatSpec
+from .checked import NodeInfo, ReceptiveField, receptive_field
+
+
+def propagate(flat: FlatSpec, order: list[FlatNode]) -> list[NodeInfo]:
+    """Shapes, parameters, MACs and receptive fields, node by node."""
+    shapes: dict[str, Shape] = {}
+    fields: dict[str, ReceptiveField] = {}
+    for name, shape in flat.inputs.items():
+        if not all(isinstance(d, int) for d in shape):
+            raise SpecError(f"input '{name}' has symbolic sizes {list(shape)}; this command "
+                            "needs concrete sizes")
+        shapes[name] = tuple(shape)
+        rank = len(shape) - 1
+        fields[name] = ReceptiveField((1,) * rank, (Fraction(1),) * rank)
+    infos = []
+    done: dict[str, NodeInfo] = {}
+    for node in order:
+        infos.append(node_info(node, shapes, fields, done))
+        shapes[node.id], fields[node.id] = infos[-1].shape, infos[-1].rf
+        done[node.id] = infos[-1]
+    return infos
+
+
+def node_info(node: FlatNode, shapes: dict, fields: dict, done: dict | None = None) -> NodeInfo:
+    layer = node.layer
+    in_shapes = [shapes[i] for i in node.inputs]
+    # a layer whose shape depends on more than its input shapes (maxunpool reads its pool's
+    # geometry) defines infer_with(shapes, sources): the NodeInfo of each input, None for inputs
+    infer_with = getattr(layer, "infer_with", None)
+    try:
+        if infer_with is not None:
+            out = tuple(infer_with(in_shapes, [(done or {}).get(i) for i in node.inputs]))
+        else:
+            out = tuple(layer.infer(in_shapes))
+        params = layer.params(in_shapes)
+        macs = layer.macs(in_shapes, out)
+        rf = receptive_field(layer.window(in_shapes), [fields[i] for i in node.inputs])
+    except GraphCnnError as exc:
+        raise exc.at(node.loc, node.id, node.via) from None
+    return NodeInfo(node.id, layer, node.inputs, tuple(in_shapes), out, params, macs, rf,
+                    node.loc, node.via, node.scope, node.index)
