@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -55,12 +56,33 @@ FP32_ALL = frozenset({"*"})  # fp32_ops value: every ONNX op of the layer stays 
 
 
 def register(cls: type["Layer"]) -> type["Layer"]:
-    """Class decorator: make an op known to the spec language, the checker and the lowering."""
+    """Class decorator: make an op known to the spec language, the checker and the lowering
+    (also after the spec schema was built: listeners rebuild what depends on the registry)."""
     op = cls.model_fields["op"].default
     if op in REGISTRY:
         raise ValueError(f"op '{op}' registered twice")
     REGISTRY[op] = cls
+    _notify()
     return cls
+
+
+def unregister(op: str) -> None:
+    """Forget an op (a test's or a plugin's that is unloaded)."""
+    del REGISTRY[op]
+    _notify()
+
+
+_LISTENERS: list[Callable[[], None]] = []
+
+
+def on_registry_change(listener: Callable[[], None]) -> None:
+    """Call `listener` after every later register/unregister (the spec's node union)."""
+    _LISTENERS.append(listener)
+
+
+def _notify() -> None:
+    for listener in _LISTENERS:
+        listener()
 
 
 class Layer(BaseModel):

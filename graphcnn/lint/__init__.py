@@ -2,6 +2,6 @@
 rewrites of `graphcnn compile --portable`."""
 from .findings import Finding, lint
 from .rewrite import portable
-from .rules import RULES, Rule
+from .rules import RULES, Rule, register_rule, unregister_rule
 
-__all__ = ["Finding", "RULES", "Rule", "lint", "portable"]
+__all__ = ["Finding", "RULES", "Rule", "lint", "portable", "register_rule", "unregister_rule"]

@@ -126,7 +126,7 @@ def unpool_indices(node) -> str | None:
             f"flat over the whole [N, C, *spatial] input as ONNX MaxPool counts them")
 
 
-RULES: tuple[Rule, ...] = (
+RULES: list[Rule] = [
     Rule("GC101", "ceil_mode pooling whose last window starts in the padding", ceil_in_padding,
          "PyTorch drops a ceil_mode window that would start in the end padding (its docs: the "
          "last pooling starts inside the image) and onnxruntime and onnx.reference follow it; "
@@ -211,4 +211,16 @@ RULES: tuple[Rule, ...] = (
           "https://github.com/sonos/tract/pull/2860"),
          "none needed inside the model (pool and unpool agree); convert indices you feed in "
          "or read out", False),
-)
+]
+
+
+def register_rule(rule: Rule) -> Rule:
+    """Add a rule (an op's own portability concern, from the file that defines the op)."""
+    if any(r.id == rule.id for r in RULES):
+        raise ValueError(f"lint rule {rule.id} registered twice")
+    RULES.append(rule)
+    return rule
+
+
+def unregister_rule(rule_id: str) -> None:
+    RULES[:] = [r for r in RULES if r.id != rule_id]

@@ -14,7 +14,7 @@ from ..graph import CheckedGraph
 from ..gcpause import gc_paused
 from ..layers import Param, Shape
 from .emitter import Emitter
-from .init import initial_value
+from .initial_values import initial_value
 from .opset import choose_opset
 from .walk import inference, lower_nodes, portable_for
 

@@ -15,11 +15,6 @@ import onnx
 from ..errors import CompileError
 
 MIN_OPSET = 18  # Reduce* take axes as inputs, Pad takes axes: the forms graphcnn emits
-# Ops graphcnn's lowerings emit; the default when no model is at hand.
-EMITTED = ("Add", "AveragePool", "BatchNormalization", "Cast", "Concat", "Conv", "ConvTranspose",
-           "Erf", "Flatten", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Identity",
-           "LeakyRelu", "MaxPool", "Mul", "Pad", "Relu", "Reshape", "Resize", "Sigmoid", "Slice",
-           "Softmax", "Sub", "Sum", "Tanh", "Transpose")
 
 
 # Used when the kernel registry cannot be read: every op graphcnn emits runs at opset 21 in
@@ -75,8 +70,9 @@ def _runs(op: str, version: int) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def newest_runtime_opset(op_types: tuple[str, ...] = EMITTED) -> int:
-    """The newest opset (not above onnx's) at which onnxruntime's CPU provider runs every op."""
+def newest_runtime_opset(op_types: tuple[str, ...]) -> int:
+    """The newest opset (not above onnx's) at which onnxruntime's CPU provider runs every op
+    in `op_types` (the ops a model actually uses)."""
     if _cpu_kernels() is None:
         return min(FALLBACK_OPSET, runtime_loads_up_to())
     for version in range(runtime_loads_up_to(), MIN_OPSET - 1, -1):
@@ -110,8 +106,9 @@ def runtime_loads_up_to() -> int:
     return MIN_OPSET
 
 
-def choose_opset(requested: int | None, op_types=None) -> int:
-    newest = newest_runtime_opset(tuple(sorted(set(op_types))) if op_types else EMITTED)
+def choose_opset(requested: int | None, op_types) -> int:
+    """`requested` if onnx knows it, else the newest opset that runs every op in `op_types`."""
+    newest = newest_runtime_opset(tuple(sorted(set(op_types))))
     if requested is None:
         return newest
     if not MIN_OPSET <= requested <= onnx.defs.onnx_opset_version():

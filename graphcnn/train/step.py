@@ -22,7 +22,7 @@ from .. import __version__
 from ..errors import CompileError
 from ..graph import CheckedGraph
 from ..lower.inference import make_model
-from ..lower.init import initial_value
+from ..lower.initial_values import initial_value
 from ..lower.opset import choose_opset
 from . import losses
 from .autodiff import TrainEmitter, backward, forward
