@@ -15,6 +15,8 @@ from ..errors import CompileError
 from ..graph.sweep import Axis, Sweep, axis_names
 from ..graph.wiring import build_graph, topological
 from ..lower.emitter import Emitter
+from ..lower.save import without_initializers
+from ..lower.walk import lower_nodes
 from ..shapes.expr import fit
 from ..spec.expand import flatten
 
@@ -78,19 +80,13 @@ def check_dynamic(checked, names: list[str]) -> dict:
 def _lowered(nodes) -> dict:
     """node id -> (parameter shapes, the ONNX it emits: op, attributes, constant values)."""
     g, out = Emitter(), {}
-    for node in nodes:
-        for key in getattr(node.layer, "requests", lambda inputs: [])(list(node.inputs)):
-            g.aux[key] = True
-    for node in nodes:
-        start = len(g.nodes)
-        g.begin(node.id)
-        result = node.layer.lower(g, list(node.inputs), list(node.in_shapes), node.shape)
-        g.finish(result)
-        emitted = g.nodes[start:]
+
+    def record(node, emitted) -> None:
         params = {k: list(p.shape) for k, p in node.params.items()}
         ops = [(n.op_type, [_value(g, v) for v in n.input],
                 [a.SerializeToString() for a in n.attribute], n) for n in emitted]
         out[node.id] = (params, ops)
+    lower_nodes(g, nodes, after=record)
     return out
 
 
@@ -157,9 +153,12 @@ def _formulas(checked, axis: str, n0: int, others) -> dict:
     return result
 
 
-def apply_dynamic(model, plan: dict, checked) -> None:
-    """dim_params on the dynamic input axes and on every node size that follows them; the
-    value_info of values inside nodes (from ONNX shape inference at one size) is dropped."""
+def apply_dynamic(source, plan: dict, checked):
+    """A new model with dim_params on the dynamic input axes and on every node size that
+    follows them; the value_info of values inside nodes (from ONNX shape inference at one
+    size) is dropped. The source model is left as it was."""
+    model = without_initializers(source)
+    model.graph.initializer.extend(source.graph.initializer)
     graph = model.graph
     for (inp, index), name in plan["axes"].items():
         for vi in graph.input:
@@ -184,3 +183,4 @@ def apply_dynamic(model, plan: dict, checked) -> None:
                 dims[k + 1].Clear()
                 if rule is not None:
                     dims[k + 1].dim_param = rule
+    return model

@@ -83,7 +83,7 @@ def _export(checked: CheckedGraph, spec_text: str, opts: ExportOptions, stream: 
     if plan is not None:
         from .dynamic import apply_dynamic
 
-        apply_dynamic(model, plan, checked)
+        model = apply_dynamic(model, plan, checked)
         notes.append(f"dynamic spatial axes: {', '.join(opts.dynamic)}")
     return model, notes, pending_parameters(checked, opts.seed, weights) if stream else []
 

@@ -33,14 +33,9 @@ def propagate(flat: FlatSpec, order: list[FlatNode]) -> list[NodeInfo]:
 def node_info(node: FlatNode, shapes: dict, fields: dict, done: dict | None = None) -> NodeInfo:
     layer = node.layer
     in_shapes = [shapes[i] for i in node.inputs]
-    # a layer whose shape depends on more than its input shapes (maxunpool reads its pool's
-    # geometry) defines infer_with(shapes, sources): the NodeInfo of each input, None for inputs
-    infer_with = getattr(layer, "infer_with", None)
+    sources = [(done or {}).get(i) for i in node.inputs]  # NodeInfo, None for network inputs
     try:
-        if infer_with is not None:
-            out = tuple(infer_with(in_shapes, [(done or {}).get(i) for i in node.inputs]))
-        else:
-            out = tuple(layer.infer(in_shapes))
+        out = tuple(layer.infer_with(in_shapes, sources))
         params = layer.params(in_shapes)
         macs = layer.macs(in_shapes, out)
         rf = receptive_field(layer.window(in_shapes), [fields[i] for i in node.inputs])
