@@ -275,7 +275,7 @@ class ConvTransposeBase(Layer):
     def runtime_padding(self, shape: Shape):
         """(pads, output_padding) for ONNX. onnxruntime wants output_padding < stride; since
         output_padding only cuts less off the end, output_padding p with end padding e equals
-        end padding e - min(p, e) with output_padding p - min(p, e) (found by fuzzing)."""
+        end padding e - min(p, e) with output_padding p - min(p, e)."""
         _, s, _ = self.geometry()
         extra = per_axis(self.output_padding, self.dims, "output_padding")
         pads, out = [], []

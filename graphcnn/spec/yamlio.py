@@ -140,9 +140,11 @@ class _Builder:
 
     def scalar(self, node: yaml.Node) -> Any:
         value = self.construct(node)
-        if isinstance(value, int) and abs(value) > MAX_INT:  # found by fuzzing: `stride: 2**63`
-            raise SpecError("integer too large", loc=self.where(node),  # passed the check, then
-                            expected=f"at most {MAX_INT:,} in size",  # broke ONNX's int64
+        # ONNX attributes are int64: a larger integer (`stride: 2**63`) would pass the shape
+        # check and then fail inside onnx with no location
+        if isinstance(value, int) and abs(value) > MAX_INT:
+            raise SpecError("integer too large", loc=self.where(node),
+                            expected=f"at most {MAX_INT:,} in size",
                             received=str(value) if len(str(value)) < 40 else f"{len(str(value))} digits")
         return value
 
@@ -155,6 +157,6 @@ class _Builder:
             raise SpecError(f"invalid YAML value: {exc}", loc=self.where(node)) from None
         except Exception as exc:  # noqa: BLE001 - PyYAML's constructors for explicit tags
             # raise ValueError (`!!float x`), KeyError (`!!bool maybe`), AttributeError
-            # (`!!timestamp nope`) on bad text: all found by fuzzing, all a bad value
+            # (`!!timestamp nope`) on bad text: each is a bad value the user wrote
             raise SpecError(f"invalid YAML value for tag {node.tag}: {type(exc).__name__}: {exc}",
                             loc=self.where(node)) from None
