@@ -37,7 +37,6 @@ from ..errors import ShapeError
 from .base import GLOBAL, Layer, Shape, fmt_shape, register
 
 ROW = ("x1", "y1", "x2", "y2", "score", "class", "valid")
-FLOAT, BOOL = 1, 9  # onnx TensorProto.FLOAT and BOOL: layers never import onnx
 
 
 @register
@@ -49,7 +48,7 @@ class YoloDecode(Layer):
     boxes: int = Field(2, ge=1)
     classes: int = Field(20, ge=1)
     image_size: list[int] = Field([448, 448], min_length=2, max_length=2)
-    score_threshold: float = 0.2
+    score_threshold: float = Field(0.2, allow_inf_nan=False)  # scores are raw: any finite value
     iou_threshold: float = Field(0.5, ge=0.0, le=1.0)
     max_detections: int = Field(10, ge=1)
     max_total: int | None = Field(None, ge=1)
@@ -121,7 +120,7 @@ class YoloDecode(Layer):
         count = g.op("Slice", [g.op("Shape", [selected]), g.ints([0]), g.ints([1]), g.ints([0])])
         ones = g.op("Expand", [g.scalar(1.0), count])
         zeros = g.op("ConstantOfShape", [g.op("Shape", [scores])])  # float 0 by default
-        return g.op("Cast", [g.op("ScatterND", [zeros, selected, ones])], to=BOOL)
+        return g.op("Cast", [g.op("ScatterND", [zeros, selected, ones])], to=g.BOOL)
 
     def _gather_rows(self, g, boxes, scores, keep):
         """The best max_total kept (class, box) pairs of each image as rows of ROW."""
@@ -133,10 +132,10 @@ class YoloDecode(Layer):
         which = g.op("Expand", [g.op("Unsqueeze", [g.op("Mod", [index, per_class]), g.ints([2])]),
                                 g.ints([1, 1, 4])])
         corners = g.op("GatherElements", [boxes, which], axis=1)
-        klass = g.op("Cast", [g.op("Div", [index, per_class])], to=FLOAT)
+        klass = g.op("Cast", [g.op("Div", [index, per_class])], to=g.FLOAT)
         valid = g.op("GatherElements", [g.op("Reshape", [keep, g.ints(flat)]), index], axis=1)
         columns = [g.op("Unsqueeze", [v, g.ints([2])])
-                   for v in (best, klass, g.op("Cast", [valid], to=FLOAT))]
+                   for v in (best, klass, g.op("Cast", [valid], to=g.FLOAT))]
         rows = g.op("Concat", [corners, *columns], axis=2)
         return g.op("Where", [g.op("Unsqueeze", [valid, g.ints([2])]), rows, g.scalar(0.0)])
 

@@ -22,7 +22,8 @@ Kept = TypeVar("Kept")
 
 
 class Emitter:
-    FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64  # for Cast's `to`, by name
+    # element types by name, for Cast's `to` (layers never import onnx)
+    FLOAT, INT64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
 
     def __init__(self, float_type: int = TensorProto.FLOAT):
         self.nodes: list[NodeProto] = []
