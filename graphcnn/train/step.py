@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .. import __version__
+from ..version import __version__
 from ..errors import CompileError
 from ..graph import CheckedGraph
 from ..lower.inference import make_model
