@@ -6,6 +6,8 @@ import zlib
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from pydantic import Field
+
 from ..errors import CompileError
 from .base import Layer, register
 
@@ -34,7 +36,7 @@ class Relu(Elementwise):
 class LeakyRelu(Elementwise):
     """x if x > 0 else alpha * x."""
     op: Literal["leaky_relu"] = "leaky_relu"
-    alpha: float = 0.01
+    alpha: float = Field(0.01, allow_inf_nan=False)
 
     def lower(self, g, xs, shapes, out):
         return g.op("LeakyRelu", xs, alpha=self.alpha)
@@ -144,7 +146,7 @@ class Dropout(Elementwise):
     through the LCG h -> (1103515245 h + 12345) mod 2^31 (in int64, without overflow); an
     element is kept when h / 2^31 >= rate."""
     op: Literal["dropout"] = "dropout"
-    rate: float = 0.5
+    rate: float = Field(0.5, ge=0, lt=1)  # at 1 every element drops and the rest scale by 1/0
 
     def lower(self, g, xs, shapes, out):
         return g.op("Identity", xs)

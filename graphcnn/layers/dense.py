@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+from pydantic import Field
+
 from .base import GLOBAL, Layer, Param, Shape, need_rank, product, register
 
 
@@ -15,7 +17,7 @@ class Linear(Layer):
     """y = x W^T + b over a flat input [N, F]."""
     op: Literal["linear"] = "linear"
     draw_family: ClassVar[str] = "dense"
-    features: int
+    features: int = Field(ge=1)
     bias: bool = True
 
     def infer(self, shapes: list[Shape]) -> Shape:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import ClassVar, Literal
 
+from pydantic import Field
+
 from ..errors import ShapeError
 from .base import Layer, Param, Shape, Window, fmt_shape, product, register
 from .conv import conv_input_grad, conv_weight_grad
@@ -168,8 +170,9 @@ class Highway(Merge):
     skip_kind: ClassVar[str] = "highway"
     arity: ClassVar[tuple[int, int | None]] = (2, 2)
     carry: Literal["coupled", "learned"] = "coupled"
-    gate_kernel: int = 1
-    gate_bias: float = -1.0  # Srivastava et al. start the transform gate mostly closed
+    gate_kernel: int = Field(1, ge=1)
+    # Srivastava et al. start the transform gate mostly closed
+    gate_bias: float = Field(-1.0, allow_inf_nan=False)
 
     def gates(self) -> list[str]:
         return ["transform", "carry"] if self.carry == "learned" else ["transform"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
 from ..errors import ShapeError
 from .base import Layer, Param, Shape, need_rank, product, register
@@ -20,8 +21,8 @@ class BatchNormBase(Layer):
     ranks: ClassVar[tuple[int, ...]]
     fp32_ops: ClassVar[frozenset[str]] = frozenset({"BatchNormalization"})
     draw_family: ClassVar[str] = "norm"
-    eps: float = 1e-5
-    momentum: float = 0.1
+    eps: float = Field(1e-5, gt=0, allow_inf_nan=False)  # 1/sqrt(var + eps); var is 0 on a flat map
+    momentum: float = Field(0.1, ge=0, le=1)  # new = (1 - momentum) * old + momentum * batch
 
     def infer(self, shapes: list[Shape]) -> Shape:
         need_rank(self, shapes[0], self.ranks, "an input with channels first")
@@ -159,9 +160,10 @@ class Lrn(Layer):
     fp32_ops: ClassVar[frozenset[str]] = frozenset({"LRN"})
     draw_family: ClassVar[str] = "norm"
     size: int
-    alpha: float = 1e-4
-    beta: float = 0.75
-    k: float = 1.0
+    # k > 0 and alpha >= 0 keep the base k + alpha/size * sum(x^2) positive, so its power is real
+    alpha: float = Field(1e-4, ge=0, allow_inf_nan=False)
+    beta: float = Field(0.75, allow_inf_nan=False)
+    k: float = Field(1.0, gt=0, allow_inf_nan=False)
 
     def infer(self, shapes: list[Shape]) -> Shape:
         need_rank(self, shapes[0], (2, 3, 4), "an input with channels and spatial axes")

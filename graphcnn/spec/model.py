@@ -11,6 +11,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, 
 from ..errors import Location, SpecError, nearest
 from ..gcpause import gc_paused
 from ..layers import REGISTRY, Layer
+from .training import TrainingSection
 from .yamlio import LocatedData, load_yaml, read_text
 
 Dim = Union[int, str]
@@ -58,6 +59,7 @@ def _node_union():
 
 
 Node = _node_union()
+SECTIONS = {"training": TrainingSection}  # top-level keys that hold a model of their own
 
 
 class NetworkSpec(BaseModel):
@@ -70,7 +72,7 @@ class NetworkSpec(BaseModel):
     outputs: list[str] | None = None
     blocks: dict[str, BlockDef] = {}
     imports: list[str] = []
-    training: dict[str, Any] | None = None
+    training: TrainingSection | None = None
 
     _source: LocatedData | None = PrivateAttr(default=None)
     _path: Path | None = PrivateAttr(default=None)
@@ -111,8 +113,10 @@ class NetworkSpec(BaseModel):
 
     def to_dict(self) -> dict:
         """Plain data with defaults left out and every node's `op` first."""
-        data = self.model_dump(exclude_defaults=True, exclude={"nodes"})
+        data = self.model_dump(exclude_defaults=True, exclude={"nodes", "training"})
         data["nodes"] = [node_to_dict(n) for n in self.nodes]
+        if self.training is not None:
+            data["training"] = self.training.written()
         order = ["name", "imports", "inputs", "blocks", "nodes", "outputs", "training"]
         return {k: data[k] for k in order if k in data}
 
@@ -206,7 +210,8 @@ def validation_error(exc: ValidationError, located: LocatedData | None,
     if err["type"] == "extra_forbidden":
         known = known_fields(_walk(located.data, path[:-1]) if located else None, path[:-1])
         hint = nearest(field, known)
-        return SpecError(f"unknown field '{field}'" + (f"; {hint}" if hint else ""),
+        inside = f" in {path[0]}" if len(path) == 2 and path[0] in SECTIONS else ""
+        return SpecError(f"unknown field '{field}'{inside}" + (f"; {hint}" if hint else ""),
                          loc=where(path), node=node,
                          expected="one of: " + ", ".join(known) if known else None)
     received = repr(err.get("input")) if err["type"] != "missing" else "nothing"
@@ -251,6 +256,8 @@ def node_id_at(data: Any, path: tuple) -> str | None:
 def known_fields(value: Any, path: tuple) -> list[str]:
     if path == ():
         return list(NetworkSpec.model_fields)
+    if len(path) == 1 and path[0] in SECTIONS:
+        return list(SECTIONS[path[0]].model_fields)
     if isinstance(value, dict) and len(path) >= 2 and path[-2] == "nodes":
         cls = BlockCall if "block" in value else REGISTRY.get(value.get("op"))
         return [f for f in cls.model_fields if f != "op"] if cls else []

@@ -1,32 +1,17 @@
-"""The spec's `training:` section: how to train a network, validated like the rest of the spec.
-
-Every key has a default, so a spec without `training:` trains too; command-line flags override
-the section key by key.
-"""
+"""The training recipe: the spec's `training:` section (spec/training.py, validated when the
+spec is read) with the command line's flags laid over it key by key."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from ..errors import SpecError, nearest
+from ..errors import SpecError
+from ..spec.training import TrainingSection
 
 
-class Recipe(BaseModel):
-    """Loss, optimizer and schedule. `data` is 'mnist1d' or an .npz path (relative to the spec)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
-    epochs: int = Field(10, ge=1)
-    batch: int = Field(100, ge=1)
-    data: str | None = None
-    seed: int = Field(0, ge=0)
+class Recipe(TrainingSection):
+    """Loss, optimizer and schedule, as the spec wrote them or the command line overrode them."""
 
     def override(self, **flags: Any) -> "Recipe":
         """A copy with the flags that were given (not None) replacing the section's values."""
@@ -41,22 +26,7 @@ class Recipe(BaseModel):
 
 
 def recipe_of(spec) -> Recipe:
-    """The spec's `training:` section as a Recipe; errors point at the offending line."""
-    section = spec.training or {}
-    try:
-        return Recipe.model_validate(section)
-    except ValidationError as exc:
-        raise recipe_error(exc, spec) from None
-
-
-def recipe_error(exc: ValidationError, spec) -> SpecError:
-    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    err = errors[0]
-    key = str(err["loc"][0]) if err["loc"] else ""
-    loc = spec.location(("training", key) if key else ("training",))
-    if err["type"] == "extra_forbidden":
-        hint = nearest(key, Recipe.model_fields)
-        return SpecError(f"unknown field '{key}' in training" + (f"; {hint}" if hint else ""),
-                         loc=loc, expected="one of: " + ", ".join(Recipe.model_fields))
-    return SpecError(f"bad value for 'training.{key}': {err['msg']}", loc=loc,
-                     received=repr(err.get("input")))
+    """The spec's `training:` section as a Recipe (the defaults when it has none); the section
+    was checked when the spec was read."""
+    section = spec.training
+    return Recipe(**section.model_dump()) if section is not None else Recipe()

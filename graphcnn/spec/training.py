@@ -1,0 +1,44 @@
+"""The spec's `training:` section: how to train a network, validated with the rest of the spec,
+so `graphcnn check` refuses a bad section at its line before anything is trained.
+
+Every key has a default, so a spec without `training:` trains too; the command line overrides
+the section key by key (train/recipe.py).
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Adam's moment decay rates: at 1 a moment never forgets, and its bias correction 1 - beta^t is 0
+Decay = Annotated[float, Field(ge=0, lt=1)]
+
+
+class TrainingSection(BaseModel):
+    """Loss, optimizer and schedule. `data` is 'mnist1d' or an .npz path (relative to the spec)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0, allow_inf_nan=False)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
+    betas: tuple[Decay, Decay] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0, allow_inf_nan=False)
+    epochs: int = Field(10, ge=1)
+    batch: int = Field(100, ge=1)
+    data: str | None = None
+    seed: int = Field(0, ge=0)
+
+    @field_validator("lr", "momentum", "weight_decay", "eps", "epochs", "batch", "seed",
+                     mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value):
+        """pydantic reads `epochs: true` as 1; a YAML true/false is not a number."""
+        if isinstance(value, bool):
+            raise ValueError("true/false is not a number here")
+        return value
+
+    def written(self) -> dict:
+        """The keys the spec wrote, as plain data (what `to_yaml` writes back)."""
+        return self.model_dump(mode="json", exclude_unset=True)
