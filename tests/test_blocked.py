@@ -1,6 +1,6 @@
-"""The NCHWc rewrite of convs with non-constant weights (graphcnn/blocked.py): what it rewrites,
-what it leaves alone, and that the rewritten model computes what the plain one does, for single
-convs of every geometry and for whole training steps."""
+"""The NCHWc rewrite of convs with non-constant weights (graphcnn/runtime/blocked.py): what it
+rewrites, what it leaves alone, and that the rewritten model computes what the plain one does, for
+single convs of every geometry and for whole training steps."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from test_gradients import compile_step, random_batch, run
 
-from graphcnn import blocked
+from graphcnn.runtime import blocked
 from graphcnn.train.step import initial_state
 
 

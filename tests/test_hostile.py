@@ -238,7 +238,7 @@ def external_model(tmp_path: Path, location: str) -> Path:
 
 @pytest.mark.parametrize("location", ["../secret", "/etc/passwd", "sub/../../secret"])
 def test_external_data_outside_folder_refused(tmp_path, capsys, location):
-    from graphcnn.modelio import load_model
+    from graphcnn.runtime import load_model
 
     (tmp_path / "secret").write_bytes(np.arange(4, dtype=np.float32).tobytes())
     path = external_model(tmp_path, location)
@@ -250,7 +250,7 @@ def test_external_data_outside_folder_refused(tmp_path, capsys, location):
 
 
 def test_external_data_inside_folder_loads(tmp_path):
-    from graphcnn.modelio import load_model
+    from graphcnn.runtime import load_model
 
     path = external_model(tmp_path, "weights.bin")
     (path.parent / "weights.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
@@ -275,7 +275,7 @@ def test_streamed_and_external_saves_read_back(tmp_path, monkeypatch):
     """save_model streams tensors one by one (the file must still be one valid model), and
     past the protobuf limit writes external data; both load back to the same weights."""
     from graphcnn.lower import save
-    from graphcnn.modelio import load_model
+    from graphcnn.runtime import load_model
 
     spec = NetworkSpec.from_text(SMALL, "small.yaml")
     model = compile_spec(spec)

@@ -7,7 +7,8 @@ Networks: the MNIST-1D CNN (specs/mnist1d_cnn.yaml, batch 100) and a small ResNe
 (batch 64; below). The PyTorch column is left out when torch is not installed. Each number is
 the median over seven timed rounds after warm-up steps, the two libraries' rounds
 alternating; the ratio is graphcnn's time over PyTorch's. On the CPU provider graphcnn's convs
-run in onnxruntime's NCHWc layout (graphcnn/blocked.py); `GRAPHCNN_NCHWC=0` times the plain step.
+run in onnxruntime's NCHWc layout (graphcnn/runtime/blocked.py); `GRAPHCNN_NCHWC=0` times the
+plain step.
 """
 from __future__ import annotations
 

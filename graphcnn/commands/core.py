@@ -141,7 +141,7 @@ def _run_args(p):
 
 
 def _model_for_run(path: str):
-    from ..modelio import load_model
+    from ..runtime import load_model
     from ..api import compile_spec
 
     if path.endswith((".yaml", ".yml")):

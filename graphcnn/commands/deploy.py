@@ -37,7 +37,7 @@ def _bench_args(p):
 
 def _model(path: str):
     from ..api import compile_spec
-    from ..modelio import load_model
+    from ..runtime import load_model
 
     if path.endswith((".yaml", ".yml")):
         return compile_spec(path)
@@ -82,7 +82,7 @@ def cmd_export_weights(args) -> int:
 
     from ..deploy.weights import model_weights
     from ..fileio import write_atomic
-    from ..modelio import load_model
+    from ..runtime import load_model
 
     weights = model_weights(load_model(existing_file(args.model)))
     write_atomic(args.output, lambda p: np.savez(open(p, "wb"), **weights))

@@ -32,7 +32,8 @@ def bench(models: list, batches: list[int], *, provider: str = "cpu", threads: i
           repeat: int = 20, warmup: int = 3, seed: int = 0) -> dict:
     """{'results': [[Timing per batch] per model], 'max_abs_diff': {batch: float}}."""
     # sessions that take turns must not spin while waiting, or each slows the other
-    sessions = [session(m, provider, threads, spinning=len(models) == 1) for m in models]
+    spinning = "always" if len(models) == 1 else "never"
+    sessions = [session(m, provider, threads, spinning=spinning) for m in models]
     results = [[Timing(b) for b in batches] for _ in sessions]
     diffs = {}
     for bi, batch in enumerate(batches):

@@ -14,9 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..blocked import for_providers
 from ..errors import RunError
-from ..runtime import resolve_provider
+from ..runtime import session
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import Batch, Dataset, epoch_batches, steps_per_epoch
 from .export import evaluation_model, prediction_loss, weight_names
@@ -39,7 +38,8 @@ def build_step(checked, recipe: Recipe, opset: int | None = None):
 class StepRunner:
     """Runs the training step on one device; carried tensors ping-pong between two buffers.
     On the CPU provider the session runs a copy of the step whose convs use onnxruntime's
-    blocked NCHWc layout (graphcnn/blocked.py: 12-18% faster for the small ResNet)."""
+    blocked NCHWc layout (graphcnn/runtime/blocked.py: 12-18% faster for the small ResNet);
+    its worker threads spin only while a step runs (runtime/sessions.py says why)."""
 
     def __init__(self, step, values: dict[str, np.ndarray], provider: str = "cpu",
                  threads: int | None = None):
@@ -47,18 +47,7 @@ class StepRunner:
 
         self.ort, self.step = ort, step
         self.names = list(step.params) + list(step.state)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        # Worker threads spin while a step runs (woken from sleep before every op, 2 threads
-        # took 15% longer on the small ResNet) and stop spinning when it ends, where they
-        # would take the cores from the data preparation (MNIST-1D's training: 10.2 s instead
-        # of 7.2 s when they went on spinning between steps).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-        options.add_session_config_entry("session.force_spinning_stop", "1")
-        providers = resolve_provider(provider)
-        model = for_providers(step.model, providers)
-        self.sess = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        self.sess = session(step.model, provider, threads, spinning="during-run", nchwc=True)
         self.device = "cuda" if self.sess.get_providers()[0].startswith("CUDA") else "cpu"
         self.current = {n: self._upload(values[n]) for n in self.names}
         self.spare = {n: self._upload(np.empty_like(values[n])) for n in self.names}
@@ -112,11 +101,8 @@ class Evaluator:
     """Test loss and accuracy of the current tensors, through the inference lowering."""
 
     def __init__(self, checked, loss: str, provider: str = "cpu", chunk: int = 1000):
-        from ..runtime import session
-
         self.checked, self.loss, self.chunk = checked, loss, chunk
-        self.sess = session(for_providers(evaluation_model(checked), resolve_provider(provider)),
-                            provider)
+        self.sess = session(evaluation_model(checked), provider, nchwc=True)
         self.names = weight_names(checked)
         self.probabilities = checked.node(checked.outputs[0]).op == "softmax"
 

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .lower.inference import weightless_copy
+from ..lower.inference import weightless_copy
 
 BLOCKED_DOMAIN = "com.microsoft.nchwc"
 SWITCH = "GRAPHCNN_NCHWC"  # "0" turns the rewrite off (to compare numerics or timings)

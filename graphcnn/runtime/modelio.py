@@ -3,7 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import RunError
+from ..errors import RunError
+
+
+def existing_file(path: str | Path) -> Path:
+    """The path of a file that is there (a model, its inputs), or the error that says it is not."""
+    p = Path(path)
+    if not p.is_file():
+        raise RunError(f"no such file: {path}")
+    return p
 
 
 def load_model(path: str | Path):
