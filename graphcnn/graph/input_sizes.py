@@ -7,7 +7,7 @@ from dataclasses import replace
 from ..errors import GraphCnnError, ShapeError, SpecError
 from .sweep import Sweep, axis_names, is_symbolic, nearest
 
-DEFAULT_RANGE = (1, 1100)  # searched for a symbolic spec's smallest size (`graphcnn sizes`' default)
+DEFAULT_RANGE = (1, 1100)  # where a symbolic spec's smallest admissible size is looked for
 
 
 def explain_size(flat, order, exc: ShapeError, spec) -> GraphCnnError:
@@ -36,6 +36,7 @@ def explain_size(flat, order, exc: ShapeError, spec) -> GraphCnnError:
 
 
 def _nearest(sweep: Sweep) -> list[int]:
+    """The admissible sizes nearest the spec's (one seam: brute-force tests skip the search)."""
     return nearest(sweep, sweep.base)
 
 
