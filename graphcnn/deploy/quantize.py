@@ -7,7 +7,10 @@ classifiers, how often the top class agrees.
 """
 from __future__ import annotations
 
+import logging
+import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,10 +65,7 @@ def quantize_int8(model: onnx.ModelProto, data: np.ndarray, batch: int = 8):
         def get_next(self):
             return next(self.chunks, None)
 
-    import logging
-
-    logging.getLogger().setLevel(logging.ERROR)  # the tool warns about optional pre-processing
-    with tempfile.TemporaryDirectory() as tmp:
+    with quiet_quantization_tool(), tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save_model(model, str(src))
         quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
@@ -73,6 +73,31 @@ def quantize_int8(model: onnx.ModelProto, data: np.ndarray, batch: int = 8):
                         weight_type=QuantType.QInt8)
         quantized = onnx.load(str(dst))
     return quantized, compare(model, quantized, data)
+
+
+@contextmanager
+def quiet_quantization_tool():
+    """Hide the quantization tool's warnings (on every call it suggests an optional
+    pre-processing) and leave every other log record alone. The tool logs with
+    `logging.warning(...)`, on the root logger itself, so a filter there drops the records
+    below ERROR that come from the tool's own files; its named loggers (onnxruntime.quantization.*)
+    get level ERROR. Both are undone on the way out."""
+    import onnxruntime.quantization as tool
+
+    folder = str(Path(tool.__file__).parent) + os.sep
+    root, named = logging.getLogger(), logging.getLogger(tool.__name__)
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not record.pathname.startswith(folder)
+
+    level = named.level
+    root.addFilter(keep)
+    named.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+        named.setLevel(level)
 
 
 def compare(reference: onnx.ModelProto, other: onnx.ModelProto, data: np.ndarray) -> QuantReport:
