@@ -1,4 +1,4 @@
-"""The public entry points the CLI and users call."""
+"""The public entry points the CLI and users call: check, compile, load a model."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,3 +31,13 @@ def compile_spec(source, *, seed: int = 0, opset: int | None = None, batch: int 
     checked = check(spec)
     return lower(checked, seed=seed, opset=opset, batch=batch, weights=weights,
                  spec_text=spec.to_yaml())
+
+
+def model_for(source: str | Path | NetworkSpec):
+    """An ONNX ModelProto to run: a spec (a NetworkSpec, or a .yaml/.yml path) is compiled in
+    memory; any other path is read as an ONNX model and checked (runtime.load_model)."""
+    from .runtime import existing_file, load_model
+
+    if isinstance(source, NetworkSpec) or str(source).endswith((".yaml", ".yml")):
+        return compile_spec(source)
+    return load_model(existing_file(source))

@@ -1,4 +1,4 @@
-"""The graphcnn command line: thin commands over the public API.
+"""The graphcnn command line: the argument parser and `main`; the commands are graphcnn.commands.
 
 Exit codes: 0 success, 1 a user error (message on stderr, no traceback), 2 wrong usage,
 130 interrupted. `--verbose` shows the traceback of a user error too.
@@ -6,25 +6,16 @@ Exit codes: 0 success, 1 a user error (message on stderr, no traceback), 2 wrong
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import traceback
-from pathlib import Path
 
-from .errors import GraphCnnError, RunError
-
-COMMANDS = {}
-
-
-def command(name: str, help: str):
-    def wrap(fn):
-        COMMANDS[name] = (fn, help)
-        return fn
-    return wrap
+from .errors import GraphCnnError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    """One subparser per registered command (graphcnn.commands.registry)."""
+    from .version import __version__
+    from .commands.registry import COMMANDS
 
     parser = argparse.ArgumentParser(prog="graphcnn", description="Declarative CNN graph compiler.")
     parser.add_argument("--version", action="version", version=f"graphcnn {__version__}")
@@ -37,14 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
         fn.configure(p)
         p.set_defaults(handler=fn)
     return parser
-
-
-def configure(fn):
-    """Attach an argparse configuration function to a command handler."""
-    def decorator(setup):
-        fn.configure = setup
-        return fn
-    return decorator
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,24 +49,5 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-def out(text: str) -> None:
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
-
-
-def print_json(data) -> None:
-    out(json.dumps(data, indent=2))
-
-
-def existing_file(path: str) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise RunError(f"no such file: {path}")
-    return p
-
-
 if __name__ == "__main__":
-    # Run as `python -m graphcnn.cli`: this module is __main__, while the commands register
-    # with graphcnn.cli, so call that module's main.
-    from graphcnn.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

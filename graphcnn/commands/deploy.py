@@ -1,15 +1,18 @@
 """Deployment commands: bench and export-weights."""
 from __future__ import annotations
 
-from ..cli import command, configure, existing_file, out, print_json
+from ..api import model_for
 from ..errors import RunError
+from ..runtime import existing_file, load_model
+from .output import out, print_json
+from .registry import command, configure
 
 
 @command("bench", "latency and throughput of a model (or spec) in onnxruntime; --compare another")
 def cmd_bench(args) -> int:
     from ..deploy.bench import bench
 
-    models = [_model(args.model)] + ([_model(args.compare)] if args.compare else [])
+    models = [model_for(args.model)] + ([model_for(args.compare)] if args.compare else [])
     batches = _batches(args.batches)
     report = bench(models, batches, provider=args.provider, threads=args.threads,
                    repeat=args.repeat, warmup=args.warmup)
@@ -33,15 +36,6 @@ def _bench_args(p):
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json", action="store_true")
-
-
-def _model(path: str):
-    from ..api import compile_spec
-    from ..runtime import load_model
-
-    if path.endswith((".yaml", ".yml")):
-        return compile_spec(path)
-    return load_model(existing_file(path))
 
 
 def _batches(text: str) -> list[int]:
@@ -82,7 +76,6 @@ def cmd_export_weights(args) -> int:
 
     from ..deploy.weights import model_weights
     from ..fileio import write_atomic
-    from ..runtime import load_model
 
     weights = model_weights(load_model(existing_file(args.model)))
     write_atomic(args.output, lambda p: np.savez(open(p, "wb"), **weights))

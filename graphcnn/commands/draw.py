@@ -5,8 +5,9 @@ import shutil
 from pathlib import Path
 
 from ..api import check_spec
-from ..cli import command, configure, out
 from ..errors import GraphCnnError
+from .output import out
+from .registry import command, configure
 
 FORMATS = (".svg", ".png", ".dot", ".mmd")
 

@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 from ..api import check_spec
-from ..cli import command, configure, out, print_json
-from .core import _limits, _spec_arg
+from .args import limits, spec_arg
+from .output import out, print_json
+from .registry import command, configure
 
 
 @command("lint", "flag constructs that frameworks and ONNX hosts compute differently")
 def cmd_lint(args) -> int:
     from ..lint import lint
 
-    checked = check_spec(args.spec, _limits(args))
+    checked = check_spec(args.spec, limits(args))
     findings = lint(checked)
     if args.json:
         print_json({"spec": args.spec, "findings": [f.as_json() for f in findings]})
@@ -25,6 +26,6 @@ def cmd_lint(args) -> int:
 
 @configure(cmd_lint)
 def _lint_args(p):
-    _spec_arg(p)
+    spec_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--strict", action="store_true", help="exit 1 when there are findings")

@@ -1,8 +1,9 @@
 """`graphcnn sizes SPEC`: the input sizes a network accepts, the output size at each, the rule."""
 from __future__ import annotations
 
-from ..cli import command, configure, out, print_json
 from ..errors import SpecError
+from .output import out, print_json
+from .registry import command, configure
 
 PER_LINE = 8
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..api import check_spec, load_spec
-from ..cli import command, configure, out
 from ..errors import DataError, RunError
+from .output import out
+from .registry import command, configure
 
 
 @command("train", "train a spec on MNIST-1D or an .npz and export the trained ONNX model")
@@ -132,20 +133,3 @@ class progress_display:
             text += f", test loss {record['test_loss']:.4f} acc {record['test_accuracy']:.1%}"
         self.bar.console.print(text + f" ({record['seconds']:.1f} s)")
 
-
-def compile_training(args, spec, checked) -> int:
-    """`graphcnn compile --training`: the training-step model of the spec's recipe; --batch
-    overrides the recipe's batch (a training step always has a fixed batch)."""
-    from ..lower.save import save_model
-    from ..train.loop import build_step
-    from ..train.recipe import recipe_of
-
-    recipe = recipe_of(spec).override(batch=args.batch)
-    step = build_step(checked, recipe, opset=args.opset)
-    save_model(step.model, args.output)
-    out(f"wrote {args.output}: training step ({recipe.loss}, {recipe.optimizer}), batch "
-        f"{recipe.batch}, {len(step.params)} parameter tensors, {len(step.state)} state tensors, "
-        f"{len(step.model.graph.node)} ONNX nodes")
-    out("inputs: " + ", ".join(i.name for i in step.model.graph.input[:5]) + ", then each "
-        "carried tensor; outputs: loss, correct and <name>.new per carried tensor")
-    return 0

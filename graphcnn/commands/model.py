@@ -1,0 +1,121 @@
+"""Commands that make or run a model: compile (inference or training step) and run."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..api import check_spec, load_spec, model_for
+from ..errors import RunError
+from ..runtime import existing_file
+from .args import limits, spec_arg
+from .output import out
+from .registry import command, configure
+
+
+@command("compile", "lower a spec to an ONNX model")
+def cmd_compile(args) -> int:
+    from ..deploy.export import ExportOptions, export_to_file
+
+    spec = load_spec(args.spec)
+    checked = check_spec(spec, limits(args))
+    if args.training:
+        return _compile_training(args, spec, checked)
+    opts = ExportOptions(seed=args.seed, opset=args.opset, batch=args.batch, weights=args.weights,
+                         fold_bn=args.fold_bn, precision=args.precision, quantize=args.quantize,
+                         calibrate=args.calibrate, portable=args.portable,
+                         dynamic=tuple(a for a in (args.dynamic or "").split(",") if a))
+    model, notes = export_to_file(checked, spec.to_yaml(), opts, args.output)
+    for note in notes:
+        out(note)
+    out(f"wrote {args.output}: {checked.total_params:,} parameters, opset "
+        f"{model.opset_import[0].version}, {len(model.graph.node)} ONNX nodes")
+    return 0
+
+
+@configure(cmd_compile)
+def _compile_args(p):
+    spec_arg(p)
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: newest supported)")
+    p.add_argument("--batch", type=int, default=None, help="fix the batch size (default: dynamic N)")
+    p.add_argument("--training", action="store_true",
+                   help="write the training-step model (forward, loss, backward, update) instead")
+    p.add_argument("--weights", help="load weights from an .npz keyed by spec id")
+    p.add_argument("--fold-bn", action="store_true", help="fold batchnorm into the conv/linear before it")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="static QDQ quantization")
+    p.add_argument("--calibrate", default="random", help="calibration .npz (x) or 'random'")
+    p.add_argument("--portable", action="store_true",
+                   help="rewrite constructs ONNX hosts compute differently (graphcnn lint)")
+    p.add_argument("--dynamic", default=None, metavar="AXES",
+                   help="spatial axes left symbolic in the model, e.g. H,W (see graphcnn sizes)")
+
+
+def _compile_training(args, spec, checked) -> int:
+    """`compile --training`: the training-step model of the spec's recipe; --batch overrides
+    the recipe's batch (a training step always has a fixed batch)."""
+    from ..lower.save import save_model
+    from ..train.loop import build_step
+    from ..train.recipe import recipe_of
+
+    recipe = recipe_of(spec).override(batch=args.batch)
+    step = build_step(checked, recipe, opset=args.opset)
+    save_model(step.model, args.output)
+    out(f"wrote {args.output}: training step ({recipe.loss}, {recipe.optimizer}), batch "
+        f"{recipe.batch}, {len(step.params)} parameter tensors, {len(step.state)} state tensors, "
+        f"{len(step.model.graph.node)} ONNX nodes")
+    out("inputs: " + ", ".join(i.name for i in step.model.graph.input[:5]) + ", then each "
+        "carried tensor; outputs: loss, correct and <name>.new per carried tensor")
+    return 0
+
+
+@command("run", "run a model (or a spec, compiled in memory) in onnxruntime")
+def cmd_run(args) -> int:
+    from ..runtime import random_inputs, run, session
+
+    sess = session(model_for(args.model), args.provider)
+    feeds = _load_inputs(args.input, sess) if args.input else random_inputs(sess, args.batch, args.seed)
+    result = run(sess, feeds)
+    for name, value in result.outputs.items():
+        out(f"{name}: shape {list(value.shape)}, dtype {value.dtype}")
+    out(f"time: {result.seconds * 1000:.2f} ms on {sess.get_providers()[0]}")
+    if args.output:
+        _save_outputs(args.output, result.outputs)
+    return 0
+
+
+@configure(cmd_run)
+def _run_args(p):
+    p.add_argument("model", help="a .onnx model or a spec .yaml")
+    p.add_argument("--input", help=".npy (one input) or .npz (by input name)")
+    p.add_argument("--output", help=".npy (one output) or .npz (all outputs)")
+    p.add_argument("--batch", type=int, default=1, help="batch of the random input (default 1)")
+    p.add_argument("--provider", default="cpu", help="cpu, cuda, or a full provider name")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random input")
+
+
+def _load_inputs(path: str, sess) -> dict:
+    try:
+        data = np.load(existing_file(path), allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise RunError(f"cannot read input file {path}: {exc}") from None
+    names = [i.name for i in sess.get_inputs()]
+    if isinstance(data, np.ndarray):
+        if len(names) != 1:
+            raise RunError("the model has several inputs; give an .npz keyed by name",
+                           expected=", ".join(names))
+        return {names[0]: data.astype(np.float32)}
+    return {k: data[k].astype(np.float32) for k in data.files}
+
+
+def _save_outputs(path: str, outputs: dict) -> None:
+    from ..fileio import write_atomic
+
+    if path.endswith(".npz"):
+        write_atomic(path, lambda p: np.savez(open(p, "wb"), **outputs))
+    elif len(outputs) == 1:
+        write_atomic(path, lambda p: np.save(open(p, "wb"), next(iter(outputs.values()))))
+    else:
+        raise RunError("the model has several outputs; use an .npz output file",
+                       received=path)
+    out(f"wrote {path}")

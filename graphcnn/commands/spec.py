@@ -1,0 +1,56 @@
+"""Commands that read a spec and report on it: check and summary."""
+from __future__ import annotations
+
+from ..api import check_spec
+from .args import limits, spec_arg
+from .output import out, print_json
+from .registry import command, configure
+
+
+@command("check", "validate a spec: wiring, shapes, parameter counts")
+def cmd_check(args) -> int:
+    checked = check_spec(args.spec, limits(args))
+    for warning in checked.warnings:
+        out(warning)
+    out(f"{args.spec}: ok: {len(checked.nodes)} nodes, {checked.total_params:,} parameters, "
+        f"output {', '.join(_shape(checked, o) for o in checked.outputs)}")
+    _portability_section(checked)
+    return 0
+
+
+def _portability_section(checked) -> None:
+    """The lint findings (graphcnn lint), printed only when there are some."""
+    from ..lint import lint
+
+    findings = lint(checked)
+    if findings:
+        out(f"portability: {len(findings)} finding(s) (details: graphcnn lint SPEC)")
+        for finding in findings:
+            out("  " + finding.render().splitlines()[0])
+
+
+configure(cmd_check)(spec_arg)
+
+
+def _shape(checked, name):
+    from ..layers import fmt_shape
+    return f"{name} {fmt_shape(checked.shape_of(name))}"
+
+
+@command("summary", "print the layer table: shapes, parameters, MACs, receptive fields")
+def cmd_summary(args) -> int:
+    from ..summary import as_json, render
+
+    checked = check_spec(args.spec, limits(args))
+    if args.json:
+        print_json(as_json(checked))
+    else:
+        out(render(checked, depth=args.depth))
+    return 0
+
+
+@configure(cmd_summary)
+def _summary_args(p):
+    spec_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--depth", type=int, default=None, help="fold block instances below K levels")
