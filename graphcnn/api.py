@@ -1,4 +1,4 @@
-"""The public entry points the CLI and users call: check, compile, load a model."""
+"""The public entry points the CLI and users call: check, compile, load a model, train."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,3 +41,41 @@ def model_for(source: str | Path | NetworkSpec):
     if isinstance(source, NetworkSpec) or str(source).endswith((".yaml", ".yml")):
         return compile_spec(source)
     return load_model(existing_file(source))
+
+
+def training_job(source: str | Path | NetworkSpec, output: str | Path, *,
+                 data: str | Path | None = None, epochs: int | None = None,
+                 batch: int | None = None, optimizer: str | None = None, lr: float | None = None,
+                 momentum: float | None = None, weight_decay: float | None = None,
+                 seed: int | None = None):
+    """A checked training job (graphcnn.train.job.TrainingJob): the spec, its recipe (the
+    `training:` section, with each override that is not None), the data ('mnist1d' or an .npz
+    with x, y and optionally x_test, y_test) and the model path to write."""
+    from .train.job import prepare
+
+    spec = load_spec(source)
+    checked = check_spec(spec)
+    spec_path = None if isinstance(source, NetworkSpec) else source
+    return prepare(spec, checked, output, data=data, spec_path=spec_path,
+                   label=spec.name if spec_path is None else str(source), epochs=epochs,
+                   batch=batch, optimizer=optimizer, lr=lr, momentum=momentum,
+                   weight_decay=weight_decay, seed=seed)
+
+
+def train_spec(source: str | Path | NetworkSpec, output: str | Path, *,
+               data: str | Path | None = None, resume: str | Path | None = None,
+               provider: str = "cpu", threads: int | None = None, progress=None, **recipe):
+    """Train a spec as `graphcnn train` does and write the same files: the trained model at
+    `output`, its checkpoint (<stem>.ckpt.npz) and metrics (<stem>.metrics.csv, .json, .png)
+    beside it. `recipe` overrides the spec's `training:` keys (epochs, batch, optimizer, lr,
+    momentum, weight_decay, seed); `progress` is a graphcnn.train.loop.Progress. Returns the
+    TrainResult: final tensors, per-epoch history, steps taken.
+
+    Not named `train`: graphcnn.train is the training package, and importing any of its
+    modules rebinds that name on the graphcnn package."""
+    from .train.job import fit, save_trained
+
+    job = training_job(source, output, data=data, **recipe)
+    result = fit(job, resume=resume, provider=provider, threads=threads, progress=progress)
+    save_trained(job, result)
+    return result

@@ -105,7 +105,7 @@ def numpy_forward(values: dict, x: np.ndarray) -> np.ndarray:
 def test_export_is_the_evaluation_mode_network(tiny, data_file, tmp_path):
     import onnxruntime as ort
 
-    from graphcnn.train.export import export_model
+    from graphcnn.train.trained_model import export_model
 
     spec, checked = tiny
     data = load_data(data_file, checked, "cross_entropy")

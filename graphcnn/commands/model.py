@@ -52,15 +52,12 @@ def _compile_args(p):
 
 
 def _compile_training(args, spec, checked) -> int:
-    """`compile --training`: the training-step model of the spec's recipe; --batch overrides
-    the recipe's batch (a training step always has a fixed batch)."""
-    from ..lower.save import save_model
-    from ..train.loop import build_step
-    from ..train.recipe import recipe_of
+    """`compile --training`: the training-step model of the spec's recipe (--batch overrides
+    the recipe's batch)."""
+    from ..train.job import save_training_step
 
-    recipe = recipe_of(spec).override(batch=args.batch)
-    step = build_step(checked, recipe, opset=args.opset)
-    save_model(step.model, args.output)
+    recipe, step = save_training_step(spec, checked, args.output, batch=args.batch,
+                                      opset=args.opset)
     out(f"wrote {args.output}: training step ({recipe.loss}, {recipe.optimizer}), batch "
         f"{recipe.batch}, {len(step.params)} parameter tensors, {len(step.state)} state tensors, "
         f"{len(step.model.graph.node)} ONNX nodes")

@@ -1,42 +1,33 @@
-"""`graphcnn train`: train a spec on data, checkpoint every epoch, export an inference model."""
+"""`graphcnn train`: train a spec on data, checkpoint every epoch, export an inference model.
+
+The work is graphcnn.train.job's (through api.training_job); this command parses the flags,
+shows the progress bar and prints the outcome."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..api import check_spec, load_spec
-from ..errors import DataError, RunError
+from ..api import training_job
 from .output import out
 from .registry import command, configure
 
 
 @command("train", "train a spec on MNIST-1D or an .npz and export the trained ONNX model")
 def cmd_train(args) -> int:
-    from ..train.checkpoint import checkpoint_path
-    from ..train.data import load_data
-    from ..train.export import export_model, write_metrics
-    from ..train.loop import train
+    from ..train.job import fit, save_trained
+    from ..train.metrics import final_line
 
-    spec = load_spec(args.spec)
-    checked = check_spec(spec)
-    recipe = training_recipe(spec, args)
-    output = Path(args.output)
-    if not (output.parent if str(output.parent) else Path(".")).is_dir():
-        raise RunError(f"output folder '{output.parent}' does not exist", received=str(output))
-    data = load_data(data_source(recipe.data, args.spec), checked, recipe.loss)
-    ckpt = checkpoint_path(output)
+    job = training_job(args.spec, args.output, data=args.data, epochs=args.epochs,
+                       batch=args.batch, optimizer=args.optimizer, lr=args.lr,
+                       momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed)
     try:
-        with progress_display(recipe) as progress:
-            result = train(checked, recipe, data, checkpoint=ckpt, resume=args.resume,
-                           provider=args.provider, progress=progress)
+        with progress_display(job.recipe) as progress:
+            result = fit(job, resume=args.resume, provider=args.provider, progress=progress)
     except KeyboardInterrupt:
-        if ckpt.exists():  # the epochs finished so far are not lost
-            out(f"stopped; continue with: graphcnn train {args.spec} -o {output} --resume {ckpt}")
+        if job.checkpoint.exists():  # the epochs finished so far are not lost
+            out(f"stopped; continue with: graphcnn train {args.spec} -o {job.output} "
+                f"--resume {job.checkpoint}")
         raise
-    export_model(checked, result.values, output, spec_text=spec.to_yaml(), seed=recipe.seed)
-    written = write_metrics(result.history, output, {"spec": str(args.spec),
-                                                     "recipe": recipe.model_dump()})
+    written = save_trained(job, result)
     out(final_line(result.history))
-    out(f"wrote {output}, {ckpt}, " + ", ".join(str(p) for p in written))
+    out("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
@@ -55,38 +46,6 @@ def _train_args(p):
     p.add_argument("--seed", type=int, help="initialisation and shuffling seed")
     p.add_argument("--provider", default="cpu", help="cpu, cuda, or a full provider name")
     p.add_argument("--resume", help="a checkpoint (.ckpt.npz) to continue from")
-
-
-def training_recipe(spec, args):
-    from ..train.recipe import recipe_of
-
-    return recipe_of(spec).override(
-        data=args.data, epochs=args.epochs, batch=args.batch, optimizer=args.optimizer,
-        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed)
-
-
-def data_source(data: str | None, spec_path: str) -> str | Path:
-    """'mnist1d', or a path; a path from the spec's `training.data` is relative to the spec."""
-    if data is None:
-        raise DataError("no training data", hint="give --data mnist1d|FILE.npz or set "
-                        "`training: {data: ...}` in the spec")
-    if data == "mnist1d":
-        return data
-    path = Path(data)
-    if not path.is_absolute() and not path.exists():
-        path = Path(spec_path).parent / path
-    if not path.is_file():
-        raise DataError(f"no such data file: {data}")
-    return path
-
-
-def final_line(history: list[dict]) -> str:
-    last = history[-1]
-    text = f"epoch {last['epoch']}: train loss {last['train_loss']:.4f}, " \
-           f"train error {1 - last['train_accuracy']:.1%}"
-    if "test_loss" in last:
-        text += f", test loss {last['test_loss']:.4f}, test error {1 - last['test_accuracy']:.1%}"
-    return text + f"; {sum(r['seconds'] for r in history):.1f} s of training"
 
 
 class progress_display:
@@ -132,4 +91,3 @@ class progress_display:
         if "test_loss" in record:
             text += f", test loss {record['test_loss']:.4f} acc {record['test_accuracy']:.1%}"
         self.bar.console.print(text + f" ({record['seconds']:.1f} s)")
-

@@ -18,7 +18,7 @@ from ..errors import RunError
 from ..runtime import session
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import Batch, Dataset, epoch_batches, steps_per_epoch
-from .export import evaluation_model, prediction_loss, weight_names
+from .trained_model import evaluation_model, prediction_loss, weight_names
 from .recipe import Recipe
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(double)": np.float64,
