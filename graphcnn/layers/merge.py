@@ -63,7 +63,7 @@ class Add(Merge):
         return [max(1, -(-s // m)) for m, s in zip(main[1:], skip[1:])]
 
     def projected(self, main: Shape, skip: Shape) -> Shape:
-        if len(skip) < 2:  # found by fuzzing: a 1x1 conv with no spatial axes does not lower
+        if len(skip) < 2:  # the projection is a 1x1 conv: it needs spatial axes to lower
             raise ShapeError("project needs a skip input with spatial axes (it is a 1x1 conv)",
                              expected="[N, C, L], [N, C, H, W] or [N, C, D, H, W]",
                              received=fmt_shape(skip), hint="for flat inputs put a linear node "

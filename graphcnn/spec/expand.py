@@ -13,18 +13,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from ..errors import GraphCnnError, Location, SpecError
 from ..layers import Layer
 from .exprs import substitute
-from .model import BlockCall, BlockDef, NetworkSpec, Node, check_op, validation_error
+from .model import BlockCall, BlockDef, NetworkSpec, check_op, node_adapter, validation_error
 from .yamlio import LocatedData, load_yaml, read_text
 
 MAX_BLOCK_DEPTH = 16
 _PREVIOUS = object()  # stands for "the previous node's output" while wiring a node
 MAX_NODES = 100_000
-_node_adapter = TypeAdapter(Node)
 
 
 @dataclass(frozen=True)
@@ -227,7 +226,7 @@ class _Expander:
         located = source.located
         try:
             check_op(raw, located, path)
-            return _node_adapter.validate_python(_substitute_node(raw, values))
+            return node_adapter().validate_python(_substitute_node(raw, values))
         except ValidationError as exc:
             err = validation_error(exc, located, path)
             err.node = f"{inst}.{err.node}" if err.node else inst

@@ -6,11 +6,12 @@ from typing import Annotated, Any, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
-                      ValidationError, field_validator)
+                      TypeAdapter, ValidationError, field_validator)
 
 from ..errors import Location, SpecError, nearest
 from ..gcpause import gc_paused
 from ..layers import REGISTRY, Layer
+from ..layers.base import on_registry_change
 from .training import TrainingSection
 from .yamlio import LocatedData, load_yaml, read_text
 
@@ -153,6 +154,27 @@ _Dumper.add_representer(dict, _represent_dict)
 @gc_paused()
 def dump_yaml(data: dict) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=100, default_flow_style=None)
+
+
+_ADAPTERS: list[TypeAdapter] = []
+
+
+def node_adapter() -> TypeAdapter:
+    """A validator of one node (block expansion), for the ops registered now."""
+    if not _ADAPTERS:
+        _ADAPTERS.append(TypeAdapter(_node_union()))
+    return _ADAPTERS[0]
+
+
+def _follow_registry() -> None:
+    """An op registered after import (a plugin's, a test's) joins NetworkSpec's node union,
+    and so its JSON Schema and block expansion."""
+    NetworkSpec.model_fields["nodes"].annotation = list[_node_union()]
+    NetworkSpec.model_rebuild(force=True)
+    _ADAPTERS.clear()
+
+
+on_registry_change(_follow_registry)
 
 
 def parse_located(cls, located: LocatedData) -> NetworkSpec:
