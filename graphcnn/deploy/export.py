@@ -21,7 +21,7 @@ class ExportOptions:
     quantize: str | None = None      # int8
     calibrate: str = "random"        # .npz or 'random'
     portable: bool = False           # the lint rewrites (graphcnn.lint.portable)
-    dynamic: tuple[str, ...] = ()    # spatial axes exported as dim_params (graphcnn.shapes.dynamic)
+    dynamic: tuple[str, ...] = ()    # spatial axes exported as dim_params (graphcnn.deploy.dynamic)
 
 
 def export(checked: CheckedGraph, spec_text: str, opts: ExportOptions) -> tuple[onnx.ModelProto, list[str]]:
