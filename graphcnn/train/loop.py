@@ -64,7 +64,7 @@ class StepRunner:
         s, io = self.step, self.binding
         io.bind_cpu_input(s.data_input, batch.x)
         io.bind_cpu_input(s.label_input, batch.y)
-        io.bind_cpu_input(getattr(s, "mask_input", "mask"), batch.mask)
+        io.bind_cpu_input(s.mask_input, batch.mask)
         io.bind_cpu_input(s.lr_input, np.array(lr, dtype=np.float32))
         io.bind_cpu_input(s.step_input, np.array(step_no, dtype=np.int64))
         for name in self.names:
@@ -104,7 +104,7 @@ class Evaluator:
         self.checked, self.loss, self.chunk = checked, loss, chunk
         self.sess = session(evaluation_model(checked), provider, nchwc=True)
         self.names = weight_names(checked)
-        self.probabilities = checked.node(checked.outputs[0]).op == "softmax"
+        self.probabilities = checked.node(checked.outputs[0]).layer.probability_output
 
     def __call__(self, values: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray):
         weights = {n: values[n] for n in self.names}

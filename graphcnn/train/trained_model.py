@@ -45,7 +45,7 @@ def evaluation_model(checked) -> onnx.ModelProto:
 
 
 def prediction_loss(outputs: np.ndarray, y: np.ndarray, loss: str, probabilities: bool):
-    """Per-row loss and correctness for the model's output. A softmax output is read as
+    """Per-row loss and correctness for the model's output. A probability output is read as
     probabilities (cross-entropy is -log p_y); any other output as logits."""
     rows = len(outputs)
     flat = outputs.reshape(rows, -1).astype(np.float64)
