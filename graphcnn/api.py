@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .graph import CheckedGraph, Limits, check
-from .graph.check import gc_paused
+from .gcpause import gc_paused
 from .spec import NetworkSpec
 
 
