@@ -137,6 +137,12 @@ class Layer(BaseModel):
             return list(self.inputs)
         return [previous] if previous is not None else []
 
+    def parts(self) -> list["Layer"]:
+        """For an op with several outputs (split, chunk): one layer per part; spec expansion
+        makes each a node `<id>.0`, `<id>.1`, ... reading this node's inputs, and `<id>`
+        itself names no value. Default: [] (one output, named by the node id)."""
+        return []
+
     def infer(self, shapes: list[Shape]) -> Shape:
         """The output shape for these input shapes, or a ShapeError saying why not."""
         return shapes[0]

@@ -4,6 +4,8 @@
   (the skip) first goes through a 1x1 conv (stride chosen so the sizes meet; `conv_bn` adds a
   batchnorm), the ResNet projection shortcut: C_skip * C_out (+ 2 C_out) parameters.
 - concat: inputs joined on the channel axis (DenseNet, U-Net); spatial sizes must agree.
+- mul: elementwise product of two inputs with broadcasting (the squeeze-excitation gate): an
+  [N, C] input is read as [N, C, 1, ...]; then on each axis the sizes are equal or one is 1.
 - highway: y = H(x) * T(x) + x * C(x), T = sigmoid(W_T x + b_T), C = 1 - T (`carry: coupled`)
   or C = sigmoid(W_C x + b_C) (`carry: learned`). Inputs: [H(x), x]. W is a linear map for flat
   inputs and a `gate_kernel` conv with same padding otherwise: C*C*prod(k) + C per gate.
@@ -153,6 +155,66 @@ class Concat(Merge):
     def vjp(self, g, xs, shapes, out, y, dy):
         parts = g.op("Split", [dy, g.ints([s[0] for s in shapes])], outputs=len(xs), axis=1)
         return list(parts), {}
+
+
+@register
+class Mul(Merge):
+    """y = a * b elementwise, a from the previous node (or inputs[0]) and b from `skip`.
+
+    Shape rule: an [N, C] input next to a spatial one is read as [N, C, 1, ...] (aligned on
+    the channels, not on the last axis as numpy would); then the ranks must agree, and on each
+    axis the sizes are equal or one of them is 1, which broadcasts (ONNX Mul's rule). The
+    output takes the larger size per axis. Backward: dy times the other input, summed over
+    the axes this input was broadcast along.
+    """
+    op: Literal["mul"] = "mul"
+    skip_kind: ClassVar[str] = "gate"
+    arity: ClassVar[tuple[int, int | None]] = (2, 2)
+
+    def infer(self, shapes: list[Shape]) -> Shape:
+        a, b = (aligned(s, max(shapes, key=len)) for s in shapes)
+        read = " and ".join(fmt_shape(s) + (f" (as {fmt_shape(v)})" if v != s else "")
+                            for s, v in zip(shapes, (a, b)))
+        if len(a) != len(b):
+            raise ShapeError("mul inputs differ in rank", expected="equal ranks, or one input "
+                             "[N, C] (read as [N, C, 1, ...])", received=read)
+        bad = [f"axis {i + 1} ({'channels' if i == 0 else 'spatial'}): {p} vs {q}"
+               for i, (p, q) in enumerate(zip(a, b)) if p != q and 1 not in (p, q)]
+        if bad:
+            raise ShapeError("mul inputs disagree on " + ", ".join(bad),
+                             expected="on every axis equal sizes, or 1 on one side", received=read)
+        return tuple(max(p, q) for p, q in zip(a, b))
+
+    def window(self, shapes: list[Shape]) -> Window:
+        return Layer.window(self, [max(shapes, key=len)])
+
+    def lower(self, g, xs, shapes, out):
+        return g.op("Mul", [self.expanded(g, x, s, out) for x, s in zip(xs, shapes)])
+
+    def expanded(self, g, x: str, shape: Shape, out: Shape) -> str:
+        """An [N, C] input as [N, C, 1, ...] to broadcast against the output."""
+        if len(shape) == len(out):
+            return x
+        return g.op("Reshape", [x, g.ints([-1, shape[0], *[1] * (len(out) - 1)])])
+
+    def vjp(self, g, xs, shapes, out, y, dy):
+        a, b = (self.expanded(g, x, s, out) for x, s in zip(xs, shapes))
+        return [self.reduced(g, g.op("Mul", [dy, b]), shapes[0], out),
+                self.reduced(g, g.op("Mul", [dy, a]), shapes[1], out)], {}
+
+    def reduced(self, g, grad: str, shape: Shape, out: Shape) -> str:
+        """The gradient summed over the axes `shape` was broadcast along, in its own shape."""
+        axes = [i + 1 for i, (p, q) in enumerate(zip(aligned(shape, out), out)) if p != q]
+        if axes:
+            grad = g.op("ReduceSum", [grad, g.ints(axes)], keepdims=1)
+        if len(shape) != len(out):
+            grad = g.op("Reshape", [grad, g.ints([-1, shape[0]])])
+        return grad
+
+
+def aligned(shape: Shape, other: Shape) -> Shape:
+    """A flat [C] next to a spatial shape as [C, 1, ...]; any other shape as it is."""
+    return shape + (1,) * (len(other) - 1) if len(shape) == 1 else shape
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ instances stage3.block0 ... stage3.block35 (just `stage3` when repeat is 1). Ins
 a string field that is an integer expression over the block's params (`width * 4`) is evaluated;
 names of the block's inputs and nodes are references and are left alone. Node ids become
 `stage3.block12.conv2`; `stage3.block12` and `stage3` refer to the output of the instance and
-of the last instance.
+of the last instance. A node with several outputs (split, chunk: Layer.parts) becomes one
+node per part, `s.0`, `s.1`, ...; naming `s` itself is refused with the parts' names.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import GraphCnnError, Location, SpecError
+from ..errors import GraphCnnError, GraphError, Location, SpecError
 from ..layers import Layer
 from .exprs import substitute
 from .model import BlockCall, BlockDef, NetworkSpec, check_op, node_adapter, validation_error
@@ -69,8 +70,27 @@ def flatten(spec: NetworkSpec) -> FlatSpec:
     nodes = [replace(n, inputs=tuple(ex.alias(i) for i in n.inputs)) for n in ex.nodes]
     outputs = [ex.alias(o) for o in spec.outputs] if spec.outputs else [nodes[-1].id]
     locs = {o: spec.location(("outputs", i)) for i, o in enumerate(outputs)}
+    _refuse_whole(ex.parted, nodes, outputs, locs)
     return FlatSpec(spec.name, {k: tuple(v) for k, v in spec.inputs.items()}, nodes,
                     outputs, ex.aliases, locs)
+
+
+def _refuse_whole(parted: dict[str, list[str]], nodes: list[FlatNode], outputs: list[str],
+                  locs: dict) -> None:
+    """A node split into parts names no value: a reader must name one of its parts."""
+    for node in nodes:
+        for name in node.inputs:
+            if name in parted:
+                raise _whole("input", name, parted[name], node.loc, node.id, node.via)
+    for name in outputs:
+        if name in parted:
+            raise _whole("output", name, parted[name], locs.get(name), None, ())
+
+
+def _whole(what: str, name: str, parts: list[str], loc, node, via) -> GraphError:
+    return GraphError(f"{what} '{name}' has several outputs; name one of its parts", loc=loc,
+                      node=node, via=via, expected="one of: " + ", ".join(parts),
+                      received=name, hint=f"e.g. `inputs: [{parts[0]}]`" if what == "input" else None)
 
 
 def load_imports(spec: NetworkSpec) -> dict[str, tuple[BlockDef, _Source]]:
@@ -98,6 +118,12 @@ def _validate_block(data: Any, located: LocatedData, prefix: tuple) -> BlockDef:
         raise validation_error(exc, located, prefix) from None
 
 
+def part_names(items: list, ids: list[str]) -> set[str]:
+    """The local names of the parts of nodes with several outputs (`s.0`, `s.1`, ...)."""
+    return {f"{i}.{k}" for i, item in zip(ids, items) if isinstance(item, Layer)
+            for k in range(len(item.parts()))}
+
+
 def _substitute_node(raw: Any, values: dict) -> Any:
     """Parameters into a raw node, except its `id`: a node may share a parameter's name
     (`{id: pool, op: maxpool3d, kernel: pool}`)."""
@@ -110,13 +136,14 @@ class _Expander:
     def __init__(self, blocks: dict[str, tuple[BlockDef, _Source]]):
         self.blocks, self.nodes, self.aliases = blocks, [], {}
         self.counts: dict[str, int] = {}
+        self.parted: dict[str, list[str]] = {}  # a node with several outputs -> its parts
 
     def expand(self, items: list, source: _Source, path: tuple, scope: tuple, names: dict,
                previous: str, via: tuple) -> str:
         """Expand `items` (Layer or BlockCall) in one scope; returns the last output id."""
         prefix = scope[-1] + "." if scope else ""
         local_ids = self.local_ids(items)
-        local = set(local_ids)
+        local = set(local_ids) | part_names(items, local_ids)
 
         def resolve(name: str) -> str:  # block inputs, then this scope's ids, then global names
             return names.get(name) or (prefix + name if name in local else name)
@@ -130,7 +157,7 @@ class _Expander:
                 # `previous` is already a full id: only names written in the spec are resolved
                 inputs = tuple(previous if n is _PREVIOUS else resolve(n)
                                for n in item.wiring(_PREVIOUS))
-                self.add(FlatNode(node_id, item, inputs, len(self.nodes), loc, via, scope))
+                self.add_layer(FlatNode(node_id, item, inputs, len(self.nodes), loc, via, scope))
                 previous = node_id
         return previous
 
@@ -158,6 +185,15 @@ class _Expander:
             counts[op] = n
             out.append(f"{op}_{n}")
         return out
+
+    def add_layer(self, node: FlatNode) -> None:
+        """The node, or one node per part (`s.0`, `s.1`, ...) of a node with several outputs."""
+        parts = node.layer.parts()
+        if not parts:
+            return self.add(node)
+        self.parted[node.id] = [f"{node.id}.{k}" for k in range(len(parts))]
+        for name, layer in zip(self.parted[node.id], parts):
+            self.add(replace(node, id=name, layer=layer, index=len(self.nodes)))
 
     def add(self, node: FlatNode) -> None:
         if len(self.nodes) >= MAX_NODES:
