@@ -1,9 +1,12 @@
 """Convolution, 1D/2D/3D.
 
 Shape rule per spatial axis: out = floor((L + pad_begin + pad_end - dilation*(kernel-1) - 1)
-/ stride) + 1 (see spatial.py for the padding modes). Channels: C_in -> `channels`, with C_in
-and `channels` both divisible by `groups`. Parameters: weight [C_out, C_in/groups, *kernel] and
-bias [C_out]: C_in/groups * C_out * prod(kernel) + C_out.
+/ stride) + 1 (see spatial.py for the padding amounts). `padding_mode` (torch's Conv
+padding_mode) says what fills that padding: zeros, reflect, replicate or circular (`padding:
+circular` is short for the `same` amounts at stride 1 with padding_mode circular).
+Channels: C_in -> `channels`, with C_in and `channels` both divisible by `groups`.
+Parameters: weight [C_out, C_in/groups, *kernel] and bias [C_out]:
+C_in/groups * C_out * prod(kernel) + C_out.
 Circular padding wraps the input around, so a stride-1 circular conv is the circulant-matrix
 product C(w)x of the chapter (and equals a product of Fourier transforms).
 """
@@ -13,11 +16,12 @@ from fractions import Fraction
 from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import field_validator
 
 from ..errors import ShapeError
 from .base import Layer, Param, Shape, Window, fmt_shape, need_rank, product, register
-from .spatial import (PadSpec, onnx_pads, per_axis, resolve_pads, window_output,
-                      window_transpose)
+from .spatial import (PaddingMode, PadSpec, check_mode_pads, mode_pad, mode_pad_grad, onnx_pads,
+                      per_axis, resolve_pads, window_output, window_transpose)
 
 
 class ConvBase(Layer):
@@ -30,6 +34,20 @@ class ConvBase(Layer):
     groups: int = 1
     bias: bool = True
     padding: PadSpec = "valid"
+    padding_mode: PaddingMode = "zeros"
+
+    @field_validator("padding_mode")
+    @classmethod
+    def _one_fill(cls, mode, info):
+        if info.data.get("padding") == "circular" and mode not in ("zeros", "circular"):
+            raise ValueError("`padding: circular` wraps around the input; give the amount "
+                             f"(same, full, numbers) to pad with {mode}")
+        return mode
+
+    @property
+    def fill(self) -> str:
+        """What fills the padding: the padding_mode (`padding: circular` means circular)."""
+        return "circular" if self.padding == "circular" else self.padding_mode
 
     def geometry(self):
         """(kernel, stride, dilation) as per-axis tuples."""
@@ -58,10 +76,7 @@ class ConvBase(Layer):
             raise ShapeError("kernel, stride and dilation must be at least 1",
                              received=f"kernel={list(k)}, stride={list(s)}, dilation={list(d)}")
         pads = self.pads(x)
-        if self.padding == "circular" and any(b > L or e > L for (b, e), L in zip(pads, x[1:])):
-            raise ShapeError("circular padding wraps at most once around the input",
-                             expected="dilation*(kernel-1) <= 2 * input length",
-                             received=fmt_shape(x))
+        check_mode_pads(self.fill, pads, x)
         return (self.channels, *window_output(self.op_name, x, k, s, d, pads))
 
     def params(self, shapes: list[Shape]) -> dict[str, Param]:
@@ -84,23 +99,24 @@ class ConvBase(Layer):
         k, s, d = self.geometry()
         pads = self.pads(shapes[0])
         x = xs[0]
-        if self.padding == "circular":
-            x, pads = wrap_pad(g, x, shapes[0], pads), [(0, 0)] * self.dims
+        if self.fill != "zeros":
+            x, pads = mode_pad(g, x, shapes[0], pads, self.fill), [(0, 0)] * self.dims
         inputs = [x, g.param("weight")] + ([g.param("bias")] if self.bias else [])
         return g.op("Conv", inputs, kernel_shape=list(k), strides=list(s), dilations=list(d),
                     pads=onnx_pads(pads), group=self.groups)
 
     def vjp(self, g, xs, shapes, out, y, dy):
-        """dX by ConvTranspose with the forward geometry, dW by a conv over the batch."""
+        """dX by ConvTranspose with the forward geometry, dW by a conv over the batch. Filled
+        padding (not zeros): both on the padded input, then dX through the pad's adjoint."""
         k, s, d = self.geometry()
         x, shape, pads = xs[0], shapes[0], self.pads(shapes[0])
-        if self.padding == "circular":
-            x = wrap_pad(g, x, shape, pads)
+        if self.fill != "zeros":
+            x = mode_pad(g, x, shape, pads, self.fill)
             shape = (shape[0], *(n + b + e for n, (b, e) in zip(shape[1:], pads)))
-            pads, wrapped = [(0, 0)] * self.dims, pads
+            pads, filled = [(0, 0)] * self.dims, pads
         dx = conv_input_grad(g, dy, g.param("weight"), shape, out, (k, s, d), pads, self.groups)
-        if self.padding == "circular":
-            dx = unwrap_grad(g, dx, shapes[0], wrapped)
+        if self.fill != "zeros":
+            dx = mode_pad_grad(g, dx, shapes[0], filled, self.fill)
         grads = {"weight": conv_weight_grad(g, x, dy, shape, out, (k, s, d), pads, self.groups)}
         if self.bias:
             grads["bias"] = g.op("ReduceSum", [dy, g.ints([0, *range(2, self.dims + 2)])],
@@ -166,38 +182,6 @@ def unfold(g, x: str, shape: Shape, geometry, pads) -> str:
     kernel = g.array("unfold" + "x".join(map(str, (shape[0], *k))), eye)
     return g.op("Conv", [x, kernel], kernel_shape=list(k), strides=list(s), dilations=list(d),
                 pads=onnx_pads(pads), group=shape[0])
-
-
-def unwrap_grad(g, dx: str, shape: Shape, pads: list[tuple[int, int]]) -> str:
-    """Backward of wrap_pad: the wrapped margins add onto the positions they were copied from."""
-    for axis, ((begin, end), length) in enumerate(zip(pads, shape[1:]), start=2):
-        if not begin and not end:
-            continue
-        axes = g.ints([axis])
-        parts = [g.op("Slice", [dx, g.ints([begin]), g.ints([begin + length]), axes])]
-        if begin:
-            head = g.op("Slice", [dx, g.ints([0]), g.ints([begin]), axes])
-            parts.append(g.op("Pad", [head, g.ints([length - begin, 0]), "", axes]))
-        if end:
-            tail = g.op("Slice", [dx, g.ints([begin + length]), g.ints([begin + length + end]), axes])
-            parts.append(g.op("Pad", [tail, g.ints([0, length - end]), "", axes]))
-        dx = g.op("Sum", parts)
-    return dx
-
-
-def wrap_pad(g, x: str, shape: Shape, pads: list[tuple[int, int]]) -> str:
-    """Circular padding as Slice + Concat per axis: portable to every ONNX host."""
-    for axis, ((begin, end), length) in enumerate(zip(pads, shape[1:]), start=2):
-        parts = []
-        if begin:
-            # the last `begin` positions, counted from the end: the same Slice fits any length
-            parts.append(g.op("Slice", [x, g.ints([-begin]), g.ints([2**63 - 1]), g.ints([axis])]))
-        parts.append(x)
-        if end:
-            parts.append(g.op("Slice", [x, g.ints([0]), g.ints([end]), g.ints([axis])]))
-        if len(parts) > 1:
-            x = g.op("Concat", parts, axis=axis)
-    return x
 
 
 @register

@@ -8,15 +8,21 @@ Padding modes, per spatial axis, for input length L, kernel k, stride s, dilatio
 - circular: as `same` with stride 1 (total d*(k-1)), but the padding wraps around the input.
 - explicit: an int (all sides), a list with one int per axis, or one [begin, end] pair per axis.
 Output length: floor((L + begin + end - d*(k-1) - 1) / s) + 1 (ceil instead of floor with ceil_mode).
+
+What fills the padding (a conv's `padding_mode`, as torch's): zeros; reflect (the input mirrored
+at its edge, the edge itself not repeated: needs padding < L); replicate (the edge position
+repeated); circular (the other end of the input: needs padding <= L).
 """
 from __future__ import annotations
 
 from typing import Literal, Union
 
 from ..errors import ShapeError
-from .base import fmt_shape
+from .base import Shape, fmt_shape
 
 PadSpec = Union[Literal["valid", "same", "full", "circular"], int, list[int], list[list[int]]]
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+ONNX_PAD_MODES = {"reflect": "reflect", "replicate": "edge"}
 OUTPUT_RULE = "out = floor((L + pad_begin + pad_end - dilation*(kernel-1) - 1) / stride) + 1"
 
 
@@ -129,3 +135,105 @@ def window_transpose(g, dy: str, w: str, *, kernel, strides, dilations, begins, 
     if any(short):
         dx = g.op("Pad", [dx, g.ints([0] * len(sizes) + short), "", axes])
     return dx
+
+
+def check_mode_pads(mode: str, pads: list[tuple[int, int]], shape: Shape) -> None:
+    """torch's limits on filled padding: circular wraps at most once (padding <= L), reflect
+    mirrors inside the input (padding < L)."""
+    for (b, e), L in zip(pads, shape[1:]):
+        if mode == "circular" and max(b, e) > L:
+            raise ShapeError("circular padding wraps at most once around the input",
+                             expected="padding at most the input length per axis (with "
+                                      "padding: circular, dilation*(kernel-1) <= 2 * length)",
+                             received=f"padding {pads} for {fmt_shape(shape)}")
+        if mode == "reflect" and max(b, e) >= L:
+            raise ShapeError("reflect padding mirrors the input inside its own length",
+                             expected="padding less than the input length per axis",
+                             received=f"padding {pads} for {fmt_shape(shape)}")
+
+
+def mode_pad(g, x: str, shape: Shape, pads: list[tuple[int, int]], mode: str) -> str:
+    """x padded by `pads` with what `mode` fills in: circular by wrap_pad, reflect and
+    replicate by ONNX Pad (modes reflect and edge)."""
+    if mode == "circular":
+        return wrap_pad(g, x, shape, pads)
+    if not any(sum(pads, ())):
+        return x
+    axes = g.ints(range(2, len(pads) + 2))
+    return g.op("Pad", [x, g.ints(onnx_pads(pads)), "", axes], mode=ONNX_PAD_MODES[mode])
+
+
+def mode_pad_grad(g, dx: str, shape: Shape, pads: list[tuple[int, int]], mode: str) -> str:
+    """The adjoint of mode_pad: the gradient at each padded position goes back onto the input
+    position it copies (the circular margins onto the other end, the reflected ones mirrored
+    one in from the edge, the replicated ones onto the edge)."""
+    if mode == "circular":
+        return unwrap_grad(g, dx, shape, pads)
+    margins = _reflected_margins if mode == "reflect" else _replicated_margins
+    for axis, ((begin, end), length) in enumerate(zip(pads, shape[1:]), start=2):
+        if begin or end:
+            axes = g.ints([axis])
+            inner = g.op("Slice", [dx, g.ints([begin]), g.ints([begin + length]), axes])
+            dx = g.op("Sum", [inner, *margins(g, dx, axes, begin, end, length)])
+    return dx
+
+
+def _reflected_margins(g, dx: str, axes: str, begin: int, end: int, length: int) -> list[str]:
+    """Padded position begin - 1 - k copies input k + 1, position begin + length + k copies
+    input length - 2 - k: each margin reversed, then set one position in from its edge."""
+    parts = []
+    if begin:
+        head = g.op("Slice", [dx, g.ints([begin - 1]), g.ints([-2**63]), axes, g.ints([-1])])
+        parts.append(g.op("Pad", [head, g.ints([1, length - 1 - begin]), "", axes]))
+    if end:
+        last = begin + length + end - 1
+        tail = g.op("Slice", [dx, g.ints([last]), g.ints([begin + length - 1]), axes,
+                              g.ints([-1])])
+        parts.append(g.op("Pad", [tail, g.ints([length - 1 - end, 1]), "", axes]))
+    return parts
+
+
+def _replicated_margins(g, dx: str, axes: str, begin: int, end: int, length: int) -> list[str]:
+    """Every begin-margin position copies input 0, every end-margin one input length - 1."""
+    parts = []
+    if begin:
+        head = g.op("Slice", [dx, g.ints([0]), g.ints([begin]), axes])
+        head = g.op("ReduceSum", [head, axes], keepdims=1)
+        parts.append(g.op("Pad", [head, g.ints([0, length - 1]), "", axes]))
+    if end:
+        tail = g.op("Slice", [dx, g.ints([begin + length]), g.ints([begin + length + end]), axes])
+        tail = g.op("ReduceSum", [tail, axes], keepdims=1)
+        parts.append(g.op("Pad", [tail, g.ints([length - 1, 0]), "", axes]))
+    return parts
+
+
+def unwrap_grad(g, dx: str, shape: Shape, pads: list[tuple[int, int]]) -> str:
+    """Backward of wrap_pad: the wrapped margins add onto the positions they were copied from."""
+    for axis, ((begin, end), length) in enumerate(zip(pads, shape[1:]), start=2):
+        if not begin and not end:
+            continue
+        axes = g.ints([axis])
+        parts = [g.op("Slice", [dx, g.ints([begin]), g.ints([begin + length]), axes])]
+        if begin:
+            head = g.op("Slice", [dx, g.ints([0]), g.ints([begin]), axes])
+            parts.append(g.op("Pad", [head, g.ints([length - begin, 0]), "", axes]))
+        if end:
+            tail = g.op("Slice", [dx, g.ints([begin + length]), g.ints([begin + length + end]), axes])
+            parts.append(g.op("Pad", [tail, g.ints([0, length - end]), "", axes]))
+        dx = g.op("Sum", parts)
+    return dx
+
+
+def wrap_pad(g, x: str, shape: Shape, pads: list[tuple[int, int]]) -> str:
+    """Circular padding as Slice + Concat per axis: portable to every ONNX host."""
+    for axis, ((begin, end), length) in enumerate(zip(pads, shape[1:]), start=2):
+        parts = []
+        if begin:
+            # the last `begin` positions, counted from the end: the same Slice fits any length
+            parts.append(g.op("Slice", [x, g.ints([-begin]), g.ints([2**63 - 1]), g.ints([axis])]))
+        parts.append(x)
+        if end:
+            parts.append(g.op("Slice", [x, g.ints([0]), g.ints([end]), g.ints([axis])]))
+        if len(parts) > 1:
+            x = g.op("Concat", parts, axis=axis)
+    return x
