@@ -393,3 +393,16 @@ def test_fp16_export_keeps_the_float32_source_positions():
     (y,) = ort_run(model, {"x": x})
     (want,) = ort_run(compile_spec(s), {"x": x})
     np.testing.assert_allclose(y, want, rtol=2e-3, atol=2e-3)  # fp16 conv weights
+
+
+def test_onnx_reference_evaluator_agrees_with_onnxruntime():
+    """A second ONNX host computes the same values (resize has no coordinate mode to read)."""
+    from onnx.reference import ReferenceEvaluator
+
+    nodes = [{"id": "p", "op": "adaptive_maxpool", "size": [3, 4]},
+             {"id": "r", "op": "resize", "like": "x", "mode": "linear"},
+             {"id": "s", "op": "resize", "scale": [1.1, 0.7]},
+             {"id": "a", "op": "adaptive_avgpool", "size": [2, 3]}]
+    model, x, y, _ = compiled([2, 7, 9], *nodes)
+    np.testing.assert_allclose(ReferenceEvaluator(model).run(None, {"x": x})[0], y, rtol=1e-6,
+                               atol=1e-6)
