@@ -43,8 +43,6 @@ from ..errors import ShapeError
 from .base import FP32_ALL, Layer, Shape, Window, fmt_shape, product, register
 from .resample import spatial
 
-DOUBLE = 11  # onnx TensorProto.DOUBLE (the emitter names FLOAT, INT64 and BOOL only)
-
 
 def one_or_per_axis(one, entry=None):
     """`one` value for every spatial axis, or a list of `entry` values (default: `one`), one per
@@ -144,7 +142,7 @@ class Resize(Layer):
             return g.op("Shape", [xs[1]], start=axis, end=axis + 1)
         if self.size is not None:
             return g.ints([self.size[axis - 2]])
-        wide = g.op("Mul", [g.op("Cast", [length], to=DOUBLE),
+        wide = g.op("Mul", [g.op("Cast", [length], to=g.DOUBLE),
                             g.array(f"scale{axis}", np.array([self.factor(axis)], np.float64))])
         return g.op("Cast", [wide], to=g.INT64)  # truncation: floor of a positive length
 

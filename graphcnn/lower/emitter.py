@@ -23,7 +23,8 @@ Kept = TypeVar("Kept")
 
 class Emitter:
     # element types by name, for Cast's `to` (layers never import onnx)
-    FLOAT, INT64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
+    FLOAT, DOUBLE = TensorProto.FLOAT, TensorProto.DOUBLE
+    INT64, BOOL = TensorProto.INT64, TensorProto.BOOL
 
     def __init__(self, float_type: int = TensorProto.FLOAT):
         self.nodes: list[NodeProto] = []
