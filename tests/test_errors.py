@@ -29,7 +29,7 @@ BROKEN = {
     "unknown_field": ("  - {id: a, op: conv1d, channels: 3, kernal: 3}\n", "SpecError", "a", 4, 38,
                       "unknown field 'kernal'; did you mean 'kernel'?",
                       "one of: id, inputs, channels, kernel, stride, dilation, groups, bias, "
-                      "padding", None),
+                      "padding, padding_mode", None),
     "mistyped_value": ("  - {id: a, op: conv1d, channels: three, kernel: 3}\n", "SpecError", "a",
                        4, 25, "bad value for 'channels': Input should be a valid integer, unable "
                        "to parse string as an integer", None, "'three'"),
