@@ -28,10 +28,11 @@ def fmt_shape(shape) -> str:
 
 @dataclass(frozen=True)
 class Param:
-    """A tensor the layer owns. init: 'he' (normal, std sqrt(2/fan_in)), 'zeros' or 'ones'."""
+    """A tensor the layer owns. init: 'he' (He: std sqrt(2/fan_in), lower/initial_values.py),
+    'zeros', 'ones', or a number every element starts at (prelu's 0.25, a gate's bias)."""
 
     shape: Shape
-    init: str = "zeros"
+    init: str | float = "zeros"
     fan_in: int = 1
     trainable: bool = True
 
