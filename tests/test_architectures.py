@@ -36,6 +36,15 @@ TORCHVISION = {
     "resnet200": 64_673_832,
     "densenet121": 7_978_856,
     "unet": 31_030_658,  # Ronneberger et al.'s layout; torchvision has no U-Net
+    # torchvision 0.28 builders, weights=None: sum(p.numel() for p in model.parameters()), equal
+    # to each Weights enum's meta num_params (Inception-v3's 27,161,264 includes its aux head)
+    "convnext_tiny": 28_589_128,
+    "resnext50_32x4d": 25_028_904,
+    "wide_resnet50_2": 68_883_240,
+    "squeezenet1_1": 1_235_496,
+    "googlenet": 6_624_904,  # aux_logits=False (the pretrained meta counts the same)
+    "inception_v3": 23_834_568,  # aux_logits=False: 27,161,264 - 3,326,696 of AuxLogits
+    "shufflenet_v2_x1_0": 2_278_604,
 }
 
 _SEG_CONVS = 3 * 16 * 9 + 16 * 32 * 9 + 32 * 64 * 9 + 64 * 32 * 9 + 32 * 16 * 9 + 16 * 16 * 9
@@ -75,7 +84,8 @@ EXPECTED = {**TORCHVISION, **BY_HAND}
 OUTPUTS = {"unet": (2, 388, 388), "c3d_small": (101,), "ecg1d_resnet": (5,), "highway_mlp": (10,),
            "highway_cnn": (10,), **{s: (5, 64, 64) for s in BY_HAND if s.startswith("segnet")}}
 # Compiling these writes 60-140 M random weights (seconds each): slow, compiled once.
-SLOW = {"alexnet", "alexnet_lrn", "vgg16", "vgg16_bn", "resnet200", "resnet200_preact"}
+SLOW = {"alexnet", "alexnet_lrn", "vgg16", "vgg16_bn", "resnet200", "resnet200_preact",
+        "wide_resnet50_2", "convnext_tiny", "inception_v3", "resnext50_32x4d"}  # and 24-69 M zoo specs
 SLOW_RUN = {"unet"}  # 150 G multiply-adds per 572x572 image: about 10 s in onnxruntime
 INLINE = 4096  # initializers above this many bytes become typed graph inputs for shape inference
 
