@@ -18,21 +18,25 @@ The map file (a later weights importer reads the same rules):
       - ['^conv1\\.', 'stem.conv.']
       - ['^layer(\\d)\\.(\\d+)\\.downsample\\.0\\.', 'stage\\1.block\\2.add.project.']
     skip: ['\\.num_batches_tracked$']
-    probe: {torch: layer1, spec: stage1}   # a module name, a spec node id (or block instance)
+    probe: {torch: layer1, spec: stage1}   # optional: a torch module, a spec node (or block)
     builder: resnet18                      # optional: the torchvision builder (default NAME)
     kwargs: {}                             # optional: its keyword arguments besides weights
     size: [64, 64]                         # optional: the input size the check uses
+    reshape: [['\\.layer_scale\\.weight$', [-1]]]  # optional: [regex on the spec id, shape]
 
 A rule is [regex, replacement] (Python `re`: `\\1` is group 1); the first rule whose regex
 matches a key (re.search) rewrites that match once, and the result is the spec id. Keys
 matching a `skip` pattern are dropped. Every other key must match a rule and land on a spec
 parameter, and every spec parameter must be filled; what does not fit is listed. Shapes that
-differ only by size-1 axes are reshaped (ConvNeXt's layer scale [C, 1, 1] -> [C]).
+differ only by size-1 axes are reshaped (ConvNeXt's layer scale [C, 1, 1] -> [C]), and so is
+an array whose spec id matches a `reshape` regex (to that shape, -1 allowed).
 
 Input size: --size, else the map's `size`, else the spec's own input shape. Specs whose input
-size is free (global pooling, `resize like:` the input) are compiled at that size in memory.
+size is free (global pooling, `resize like:` the input) are compiled at that size in memory;
+with --dynamic the spec is compiled at its own size with symbolic spatial axes (`compile
+--dynamic`) and that model runs at the size.
 
-Installing the oracles beside graphcnn (CPU only; see README.md): torch from the CPU index and
+Installing the oracles beside graphcnn (CPU only; see README.md): a CPU build of torch and
 torchvision without dependencies, e.g. torch 2.13.0+cpu with torchvision 0.28.0. PyPI's
 torchvision wheel carries a CUDA build of its C++ ops that does not load beside a CPU torch;
 the models do not need those ops, so `import_torchvision` defines the two op schemas its
@@ -119,6 +123,7 @@ class NameMap:
     builder: str | None = None
     kwargs: dict = field(default_factory=dict)
     size: tuple[int, ...] | None = None
+    reshape: list[tuple[re.Pattern, tuple[int, ...]]] = field(default_factory=list)
 
     def target(self, key: str) -> str | None:
         """The spec id of a state_dict key, '' when skipped, None when no rule matches."""
@@ -144,7 +149,7 @@ def read_map(name: str, path: Path | None = None) -> NameMap:
     if not path.is_file():
         raise MapError(f"no name map for {name}: expected {path.relative_to(ROOT)}")
     data = yaml.safe_load(path.read_text()) or {}
-    unknown = set(data) - {"rules", "skip", "probe", "builder", "kwargs", "size"}
+    unknown = set(data) - {"rules", "skip", "probe", "builder", "kwargs", "size", "reshape"}
     if unknown:
         raise MapError(f"{path.name}: unknown keys {sorted(unknown)}")
     rules = []
@@ -155,10 +160,16 @@ def read_map(name: str, path: Path | None = None) -> NameMap:
     probe = data.get("probe")
     if probe is not None and set(probe) != {"torch", "spec"}:
         raise MapError(f"{path.name}: probe needs exactly `torch` and `spec`: {probe!r}")
+    reshape = []
+    for i, rule in enumerate(data.get("reshape") or []):
+        if not (isinstance(rule, list) and len(rule) == 2 and isinstance(rule[0], str)
+                and isinstance(rule[1], list)):
+            raise MapError(f"{path.name}: reshape {i} is not [regex on the spec id, shape]: {rule!r}")
+        reshape.append((re.compile(rule[0]), tuple(rule[1])))
     size = data.get("size")
     return NameMap(rules, [re.compile(s) for s in data.get("skip") or []], probe,
                    data.get("builder"), data.get("kwargs") or {},
-                   tuple(size) if size is not None else None)
+                   tuple(size) if size is not None else None, reshape)
 
 
 def build_torchvision(tv, builder: str, kwargs: dict):
@@ -194,7 +205,7 @@ def randomise(model, seed: int) -> None:
 
 
 def spec_arrays(state: dict, name_map: NameMap, expected: dict[str, tuple]) -> dict[str, np.ndarray]:
-    """torchvision's state_dict as arrays keyed by spec id; MapError lists whatever does not
+    """torchvision's state_dict (tensors or arrays) as arrays keyed by spec id; MapError lists whatever does not
     fit (keys no rule maps, keys landing on no spec parameter or twice on one, spec
     parameters left empty, shapes that differ beyond size-1 axes)."""
     arrays: dict[str, np.ndarray] = {}
@@ -213,8 +224,13 @@ def spec_arrays(state: dict, name_map: NameMap, expected: dict[str, tuple]) -> d
         if target in arrays:
             twice.append(f"{sources[target]} and {key} -> {target}")
             continue
-        value = tensor.detach().cpu().numpy().astype(np.float32)
+        value = np.asarray(tensor.detach().cpu() if hasattr(tensor, "detach") else tensor,
+                           dtype=np.float32)
         want = tuple(expected[target])
+        for pattern, shape in name_map.reshape:
+            if pattern.search(target) and value.size == int(np.prod(want)):
+                value = value.reshape(shape)
+                break
         if value.shape != want:
             if [d for d in value.shape if d != 1] != [d for d in want if d != 1]:
                 shapes.append(f"{key} {list(value.shape)} -> {target} {list(want)}")
@@ -244,6 +260,7 @@ class Result:
     probe_diff: float | None
     tolerance: float
     seconds: float
+    dynamic: bool = False
 
     @property
     def ok(self) -> bool:
@@ -254,7 +271,8 @@ class Result:
         params = (f"{self.spec_params:,} params = torchvision" if self.torch_params == self.spec_params
                   else f"{self.spec_params:,} params, torchvision {self.torch_params:,}")
         probe = f"; probe {self.probe}: {self.probe_diff:.2e}" if self.probe else ""
-        return (f"{self.name}: {params}; input {list(self.input_shape)}; output "
+        model = " (a --dynamic model)" if self.dynamic else ""
+        return (f"{self.name}: {params}; input {list(self.input_shape)}{model}; output "
                 f"{list(self.output_shape)}: max |ours - torch| / max |torch| = "
                 f"{self.output_diff:.2e}{probe} -> {'ok' if self.ok else 'DIFFERENT'} "
                 f"(tolerance {self.tolerance:g}, {self.seconds:.1f} s)")
@@ -291,9 +309,11 @@ def sized_spec(spec, size: tuple[int, ...] | None, extra_output: str | None, fin
 
 def check(name: str, *, size: tuple[int, ...] | None = None, tolerance: float = 1e-5,
           seed: int = 0, keep: Path | None = None, tv=None,
-          name_map: NameMap | None = None) -> Result:
+          name_map: NameMap | None = None, dynamic: bool = False) -> Result:
     """Compare specs/<name>.yaml with torchvision's model through its name map (or
-    `name_map`); MapError when the map does not fit, Missing without torchvision."""
+    `name_map`); MapError when the map does not fit, Missing without torchvision. `dynamic`:
+    compile at the spec's own size with every spatial axis symbolic (`compile --dynamic`), and
+    run that one model at `size`."""
     import torch
 
     import graphcnn
@@ -310,9 +330,17 @@ def check(name: str, *, size: tuple[int, ...] | None = None, tolerance: float = 
     if size is None and any(not isinstance(d, int) for d in next(iter(spec.inputs.values()))):
         raise MapError(f"{name}'s input is symbolic: give --size (or `size:` in its map)")
     probe = name_map.probe
-    spec = sized_spec(spec, size, probe["spec"] if probe else None, base.outputs)
+    extra = probe["spec"] if probe else None
+    if dynamic:
+        from graphcnn.graph.sweep import axis_names
+
+        run_shape = sized_spec(spec, size, None, base.outputs).inputs
+        spec = sized_spec(spec, None, extra, base.outputs)
+    else:
+        spec = sized_spec(spec, size, extra, base.outputs)
     checked = graphcnn.check_spec(spec)
-    (input_name, shape), = checked.inputs.items()
+    (input_name, shape), = (run_shape if dynamic else checked.inputs).items()
+    axes = tuple(axis_names(checked.inputs[input_name])) if dynamic else ()
 
     model = build_torchvision(tv, name_map.builder or name, name_map.kwargs)
     randomise(model, seed)
@@ -337,7 +365,8 @@ def check(name: str, *, size: tuple[int, ...] | None = None, tolerance: float = 
         npz = folder / f"{name}.npz"
         np.savez(npz, **arrays)
         del arrays
-        onnx_model, _ = export(checked, spec.to_yaml(), ExportOptions(weights=str(npz), seed=seed))
+        opts = ExportOptions(weights=str(npz), seed=seed, dynamic=axes)
+        onnx_model, _ = export(checked, spec.to_yaml(), opts)
     sess = session(onnx_model)
     del onnx_model
     outputs = sess.run(None, {input_name: x})
@@ -348,7 +377,7 @@ def check(name: str, *, size: tuple[int, ...] | None = None, tolerance: float = 
                               f"{name} probe {probe['torch']} / {probe['spec']}")
     return Result(name, torch_params, checked.total_params, tuple(x.shape), tuple(theirs.shape),
                   output_diff, f"{probe['torch']} = {probe['spec']}" if probe else None,
-                  probe_diff, tolerance, time.perf_counter() - start)
+                  probe_diff, tolerance, time.perf_counter() - start, dynamic)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,21 +389,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-5,
                         help="largest max |ours - torch| / max |torch| accepted")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dynamic", action="store_true", help="compile at the spec's own size "
+                        "with the spatial axes symbolic (compile --dynamic), run at --size")
     parser.add_argument("--keep", type=Path, help="keep the weight files (NAME.npz) in this folder")
     args = parser.parse_args(argv)
     size = tuple(int(v) for v in args.size.split(",")) if args.size else None
     try:
         tv = import_torchvision()
     except Missing as exc:
-        print(f"cannot check against torchvision: {exc}\ninstall the CPU oracles, e.g. "
-              "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu && "
-              "pip install --no-deps torchvision==0.28.0", file=sys.stderr)
+        print(f"cannot check against torchvision: {exc}\ninstall the oracles: a CPU build of "
+              "torch (e.g. 2.13.0+cpu), then pip install --no-deps torchvision==0.28.0 "
+              "(README.md: Checking against torchvision)", file=sys.stderr)
         return 2
     failed = 0
     for name in args.names or mapped_names():
         try:
             result = check(name, size=size, tolerance=args.tolerance, seed=args.seed,
-                           keep=args.keep, tv=tv)
+                           keep=args.keep, tv=tv, dynamic=args.dynamic)
         except MapError as exc:
             print(f"{name}: {exc}", file=sys.stderr)
             failed += 1
