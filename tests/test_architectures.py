@@ -36,6 +36,11 @@ TORCHVISION = {
     "resnet200": 64_673_832,
     "densenet121": 7_978_856,
     "unet": 31_030_658,  # Ronneberger et al.'s layout; torchvision has no U-Net
+    # torchvision.models.segmentation builders (num_classes=21, aux_loss=False, weights=None):
+    # sum(p.numel() for p in model.parameters()); their Weights meta num_params (35,322,218 and
+    # 42,004,074) count the aux FCNHead(1024, 21) too: 2,365,205
+    "fcn_resnet50": 32_957_013,
+    "deeplabv3_resnet50": 39_638_869,
     # torchvision 0.28 builders, weights=None: sum(p.numel() for p in model.parameters()), equal
     # to each Weights enum's meta num_params (Inception-v3's 27,161,264 includes its aux head)
     "convnext_tiny": 28_589_128,
@@ -82,11 +87,13 @@ BY_HAND = {
 }
 EXPECTED = {**TORCHVISION, **BY_HAND}
 OUTPUTS = {"unet": (2, 388, 388), "c3d_small": (101,), "ecg1d_resnet": (5,), "highway_mlp": (10,),
+           "fcn_resnet50": (21, 520, 520), "deeplabv3_resnet50": (21, 520, 520),
            "highway_cnn": (10,), **{s: (5, 64, 64) for s in BY_HAND if s.startswith("segnet")}}
 # Compiling these writes 60-140 M random weights (seconds each): slow, compiled once.
 SLOW = {"alexnet", "alexnet_lrn", "vgg16", "vgg16_bn", "resnet200", "resnet200_preact",
         "wide_resnet50_2", "convnext_tiny", "inception_v3", "resnext50_32x4d"}  # and 24-69 M zoo specs
 SLOW_RUN = {"unet"}  # 150 G multiply-adds per 572x572 image: about 10 s in onnxruntime
+SLOW |= {"fcn_resnet50", "deeplabv3_resnet50"}  # 33-40 M weights, 143-169 G MACs at 520x520
 INLINE = 4096  # initializers above this many bytes become typed graph inputs for shape inference
 
 
@@ -151,8 +158,10 @@ def inferred_shapes(model: onnx.ModelProto) -> dict[str, list]:
 
 
 def after_unpool(checked) -> set[str]:
-    """Nodes whose size ONNX cannot infer: MaxUnpool's output_shape is a computed tensor."""
-    unpools = [n.id for n in checked.nodes if n.op == "maxunpool"]
+    """Nodes whose size ONNX cannot infer: MaxUnpool's output_shape is a computed tensor, and so
+    are the gather indices of a `resize like:` an inner node (DeepLab's image pooling)."""
+    unpools = [n.id for n in checked.nodes
+               if n.op == "maxunpool" or (n.op == "resize" and n.layer.like is not None)]
     return set(unpools).union(*(nx.descendants(checked.graph, u) for u in unpools))
 
 
