@@ -50,6 +50,14 @@ TORCHVISION = {
     "googlenet": 6_624_904,  # aux_logits=False (the pretrained meta counts the same)
     "inception_v3": 23_834_568,  # aux_logits=False: 27,161,264 - 3,326,696 of AuxLogits
     "shufflenet_v2_x1_0": 2_278_604,
+    # torchvision 0.28 mobile-family builders, weights=None: sum(p.numel() for p in
+    # model.parameters()), equal to each Weights enum's meta num_params
+    "mobilenet_v2": 3_504_872,
+    "mobilenet_v3_small": 2_542_856,
+    "mobilenet_v3_large": 5_483_032,
+    "efficientnet_b0": 5_288_548,
+    "mnasnet0_5": 2_218_512,
+    "regnet_y_400mf": 4_344_144,
 }
 
 _SEG_CONVS = 3 * 16 * 9 + 16 * 32 * 9 + 32 * 64 * 9 + 64 * 32 * 9 + 32 * 16 * 9 + 16 * 16 * 9
