@@ -401,12 +401,14 @@ def main(argv: list[str] | None = None) -> int:
               "torch (e.g. 2.13.0+cpu), then pip install --no-deps torchvision==0.28.0 "
               "(README.md: Checking against torchvision)", file=sys.stderr)
         return 2
+    from graphcnn.errors import GraphCnnError
+
     failed = 0
     for name in args.names or mapped_names():
         try:
             result = check(name, size=size, tolerance=args.tolerance, seed=args.seed,
                            keep=args.keep, tv=tv, dynamic=args.dynamic)
-        except MapError as exc:
+        except (MapError, GraphCnnError) as exc:  # a map that does not fit, a spec error
             print(f"{name}: {exc}", file=sys.stderr)
             failed += 1
             continue
