@@ -35,6 +35,22 @@ REFERENCES = {
     "densenet121": (7_978_856, "torchvision `densenet121` model card; Huang et al. 2017 (8.0M)"),
     "unet": (None, "Ronneberger et al. 2015 (the paper quotes no count); " + FORMULA),
     "yolov1": (None, "Redmon et al. 2016, Figure 3 (layers; no count quoted); " + FORMULA),
+    # the modern zoo (issue 14): counted on torchvision 0.28's models
+    "mobilenet_v2": (3_504_872, "torchvision `mobilenet_v2`: sum of its parameters (weights=None); outputs equal through tools/torchvision_check.py"),
+    "mobilenet_v3_small": (2_542_856, "torchvision `mobilenet_v3_small`: sum of its parameters (weights=None); outputs equal through tools/torchvision_check.py"),
+    "mobilenet_v3_large": (5_483_032, "torchvision `mobilenet_v3_large`: sum of its parameters (weights=None); outputs equal through tools/torchvision_check.py"),
+    "efficientnet_b0": (5_288_548, "torchvision `efficientnet_b0`: sum of its parameters (weights=None); outputs equal through tools/torchvision_check.py"),
+    "convnext_tiny": (28_589_128, "torchvision `convnext_tiny`: sum of its parameters (weights=None); outputs equal through tools/torchvision_check.py"),
+    "resnext50_32x4d": (25_028_904, "torchvision `resnext50_32x4d`: sum of its parameters (weights=None); outputs equal through tools/torchvision_check.py"),
+    "wide_resnet50_2": (68_883_240, "torchvision `wide_resnet50_2`: sum of its parameters (weights=None); outputs equal through tools/torchvision_check.py"),
+    "squeezenet1_1": (1_235_496, "torchvision `squeezenet1_1`: sum of its parameters (weights=None); outputs equal through tools/torchvision_check.py"),
+    "googlenet": (6_624_904, "torchvision `googlenet`: sum of its parameters (weights=None) without the aux heads; outputs equal through tools/torchvision_check.py"),
+    "inception_v3": (23_834_568, "torchvision `inception_v3`: sum of its parameters (weights=None) without the aux head (its card's 27,161,264 includes it); outputs equal through tools/torchvision_check.py"),
+    "shufflenet_v2_x1_0": (2_278_604, "torchvision `shufflenet_v2_x1_0`: sum of its parameters (weights=None); outputs equal through tools/torchvision_check.py"),
+    "regnet_y_400mf": (4_344_144, "torchvision `regnet_y_400mf`: sum of its parameters (weights=None); outputs equal through tools/torchvision_check.py"),
+    "mnasnet0_5": (2_218_512, "torchvision `mnasnet0_5`: sum of its parameters (weights=None); outputs equal through tools/torchvision_check.py"),
+    "fcn_resnet50": (32_957_013, "torchvision `fcn_resnet50`: sum of its parameters (weights=None) without the aux classifier; outputs equal through tools/torchvision_check.py"),
+    "deeplabv3_resnet50": (39_638_869, "torchvision `deeplabv3_resnet50`: sum of its parameters (weights=None) without the aux classifier; outputs equal through tools/torchvision_check.py"),
 }
 
 
