@@ -136,3 +136,28 @@ def test_recipe_is_the_section_with_its_defaults():
     assert (recipe.optimizer, recipe.epochs, recipe.lr, recipe.batch) == ("adam", 3, 0.01, 100)
     assert recipe_of(NetworkSpec.from_text(HEAD)) == Recipe()
     assert recipe.override(lr=0.5, batch=None).lr == 0.5
+
+
+def test_unused_nodes_get_one_warning_and_are_left_out(tmp_path, capsys):
+    """`outputs:` naming an inner node: one located line for all the nodes cut off (not one
+    per node), and the compiled model holds only what reaches the output."""
+    import onnx
+
+    from graphcnn.cli import main
+
+    spec = tmp_path / "cut.yaml"
+    spec.write_text("name: cut\ninputs: {x: [3, 16, 16]}\nnodes:\n"
+                    "  - {id: c1, op: conv2d, channels: 4, kernel: 3}\n  - {id: r1, op: relu}\n"
+                    + "".join(f"  - {{id: c{i}, op: conv2d, channels: 4, kernel: 3}}\n"
+                              for i in range(2, 7))
+                    + "outputs: [r1]\n")
+    assert main(["check", str(spec)]) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if "warning" in l]
+    assert lines == [f"{spec}:6:5: warning: 5 nodes reach no output (c2, c3, c4 and 2 more); "
+                     "compiled models leave them out"]
+    out = tmp_path / "cut.onnx"
+    assert main(["compile", str(spec), "-o", str(out)]) == 0
+    assert "left out 5 node(s) that reach no output" in capsys.readouterr().out
+    model = onnx.load(str(out))
+    assert [n.name for n in model.graph.node] == ["c1", "r1"]
+    assert [t.name for t in model.graph.initializer] == ["c1.weight", "c1.bias"]

@@ -26,7 +26,7 @@ def cmd_compile(args) -> int:
     model, notes = export_to_file(checked, spec.to_yaml(), opts, args.output)
     for note in notes:
         out(note)
-    out(f"wrote {args.output}: {checked.total_params:,} parameters, opset "
+    out(f"wrote {args.output}: {checked.reaching_outputs().total_params:,} parameters, opset "
         f"{model.opset_import[0].version}, {len(model.graph.node)} ONNX nodes")
     return 0
 

@@ -50,6 +50,9 @@ def _export(checked: CheckedGraph, spec_text: str, opts: ExportOptions, stream: 
         raise CompileError("--quantize and --precision cannot be combined",
                            received=f"--quantize {opts.quantize} --precision {opts.precision}")
     weights = load_weights(opts.weights, checked) if opts.weights else None
+    left_out = [f"left out {len(checked.unused)} node(s) that reach no output: "
+                f"{', '.join(checked.unused[:3])}{' ...' if len(checked.unused) > 3 else ''}"]
+    left_out, checked = (left_out if checked.unused else []), checked.reaching_outputs()
     opset = opts.opset
     if opts.quantize and opset is None:
         from .quantize import QUANT_OPSET
@@ -64,7 +67,7 @@ def _export(checked: CheckedGraph, spec_text: str, opts: ExportOptions, stream: 
     stream = stream and not (opts.fold_bn or opts.quantize or opts.precision != "fp32")
     model = lower(checked, seed=opts.seed, opset=opset, batch=opts.batch, weights=weights,
                   spec_text=spec_text, parameters=not stream, portable=portable_ids)
-    notes = ([f"weights from {opts.weights}"] if weights else []) + portable_notes
+    notes = ([f"weights from {opts.weights}"] if weights else []) + left_out + portable_notes
     if opts.fold_bn or opts.quantize:  # int8 kernels want the batchnorm folded first
         from .foldbn import fold_batchnorm
 

@@ -31,9 +31,10 @@ def check(spec: NetworkSpec, limits: Limits | None = None) -> CheckedGraph:
         except ShapeError as exc:  # an input size that does not fit: name the nearest that do
             raise explain_size(flat, order, exc, spec) from None
     check_sizes(infos, limits or Limits())
-    warnings = notes + unreachable(graph, flat)
+    unused = unreachable(graph, flat)
+    warnings = notes + unused_warning(unused)
     return CheckedGraph(flat.name, dict(flat.inputs), tuple(infos), tuple(flat.outputs), graph,
-                        tuple(warnings), spec)
+                        tuple(warnings), spec, tuple(n.id for n in unused))
 
 
 @contextlib.contextmanager
@@ -55,10 +56,22 @@ def bind_symbols(flat: FlatSpec, order: list[FlatNode], spec) -> tuple[FlatSpec,
     return bind_smallest(flat, order, spec)
 
 
-def unreachable(graph: nx.DiGraph, flat: FlatSpec) -> list[str]:
-    """Warnings for layers whose result reaches no output."""
+def unreachable(graph: nx.DiGraph, flat: FlatSpec) -> list[FlatNode]:
+    """The layers whose result reaches no output (say, `outputs:` names an inner node)."""
     needed = set(flat.outputs)
     for out in flat.outputs:
         needed |= nx.ancestors(graph, out)
-    return [f"{n.loc}: {n.id}: warning: reaches no output" if n.loc else f"{n.id}: warning: reaches no output"
-            for n in flat.nodes if n.id not in needed]
+    return [n for n in flat.nodes if n.id not in needed]
+
+
+def unused_warning(unused: list[FlatNode], shown: int = 3) -> list[str]:
+    """One line for all of them (a backbone cut at an inner node leaves a hundred), located
+    at the first: compiled models leave them out."""
+    if not unused:
+        return []
+    ids = ", ".join(n.id for n in unused[:shown]) + (f" and {len(unused) - shown} more"
+                                                      if len(unused) > shown else "")
+    what = "node reaches" if len(unused) == 1 else f"{len(unused)} nodes reach"
+    head = f"{unused[0].loc}: " if unused[0].loc else ""
+    return [f"{head}warning: {what} no output ({ids}); compiled models leave "
+            f"{'it' if len(unused) == 1 else 'them'} out"]

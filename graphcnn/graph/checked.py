@@ -1,7 +1,7 @@
 """The result of checking: an immutable graph with every shape, parameter and count known."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import networkx as nx
@@ -68,6 +68,15 @@ class CheckedGraph:
     graph: nx.DiGraph
     warnings: tuple[str, ...]
     spec: object = None
+    unused: tuple[str, ...] = ()  # layers whose result reaches no output
+
+    def reaching_outputs(self) -> "CheckedGraph":
+        """The graph without the unused layers: what a compiled model holds."""
+        if not self.unused:
+            return self
+        gone = set(self.unused)
+        nodes = tuple(n for n in self.nodes if n.id not in gone)
+        return replace(self, nodes=nodes, unused=())
 
     @property
     def total_params(self) -> int:

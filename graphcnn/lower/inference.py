@@ -29,6 +29,7 @@ def lower(checked: CheckedGraph, *, seed: int = 0, opset: int | None = None,
     to the file (pending_parameters). The nodes in `portable` use their portable lowering."""
     if batch is not None and batch < 1:
         raise CompileError("batch must be at least 1", received=str(batch))
+    checked = checked.reaching_outputs()
     g = emit_nodes(checked, portable)
     version = choose_opset(opset, {n.op_type for n in g.nodes})
     dim = batch if batch is not None else "N"

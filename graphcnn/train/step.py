@@ -66,6 +66,7 @@ def build_training_step(checked: CheckedGraph, *, batch: int, loss: str = "cross
         raise CompileError("training needs a network with exactly one input",
                            received=", ".join(checked.inputs))
     data = next(iter(checked.inputs))
+    checked = checked.reaching_outputs()  # layers the loss cannot see are not trained
     g = TrainEmitter(mask="mask", step="step")
     forward(g, checked)
     values = losses.build_loss(g, checked, loss, "labels")
