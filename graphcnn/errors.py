@@ -67,6 +67,11 @@ class ShapeError(GraphCnnError):
     """A node cannot accept the shapes it receives."""
 
 
+class InputsDisagree(ShapeError):
+    """A merge's input shapes that no input size reconciles (one broadcasts to the other, as a
+    pooled gate [N, C, 1, 1] against [N, C, H, W]): not restated as an input-size problem."""
+
+
 class CompileError(GraphCnnError):
     """Lowering failed for a reason the user controls (opset, batch, output path)."""
 

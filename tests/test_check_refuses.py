@@ -13,6 +13,7 @@ import pytest
 import graphcnn
 from conftest import ROOT, SPECS
 from graphcnn.cli import main
+from graphcnn.errors import GraphCnnError
 from graphcnn.spec import NetworkSpec
 from graphcnn.spec.schema import json_schema
 from graphcnn.train.recipe import Recipe, recipe_of
@@ -161,3 +162,20 @@ def test_unused_nodes_get_one_warning_and_are_left_out(tmp_path, capsys):
     model = onnx.load(str(out))
     assert [n.name for n in model.graph.node] == ["c1", "r1"]
     assert [t.name for t in model.graph.initializer] == ["c1.weight", "c1.bias"]
+
+
+@pytest.mark.parametrize("merge", ["{id: a, op: add, inputs: [c, g]}",
+                                   "{id: a, op: highway, inputs: [g, c]}"])
+def test_merge_of_a_broadcast_shape_names_the_axes_not_the_input_size(tmp_path, merge):
+    """[N, C, H, W] with a pooled [N, C, 1, 1]: at input size 1 both would be 1 x 1, but the
+    size is not the cause; the error says which axes disagree and points at `mul`."""
+    spec = tmp_path / "bc.yaml"
+    spec.write_text("name: bc\ninputs: {x: [8, 16, 16]}\nnodes:\n"
+                    "  - {id: c, op: conv2d, channels: 8, kernel: 3, padding: same}\n"
+                    "  - {id: g, op: global_avgpool, keepdims: true}\n  - " + merge + "\n")
+    with pytest.raises(GraphCnnError) as info:
+        graphcnn.check_spec(spec)
+    text = str(info.value)
+    assert text.startswith(f"{spec}:6:5: a: ")
+    assert "disagree on axis 2 (spatial): 16 vs 1, axis 3 (spatial): 16 vs 1" in text
+    assert "use `mul`" in text and "admissible" not in text

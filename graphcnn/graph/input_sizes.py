@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..errors import GraphCnnError, ShapeError, SpecError
+from ..errors import GraphCnnError, InputsDisagree, ShapeError, SpecError
 from .sweep import Sweep, axis_names, is_symbolic, nearest
 
 DEFAULT_RANGE = (1, 1100)  # where a symbolic spec's smallest admissible size is looked for
@@ -15,7 +15,7 @@ def explain_size(flat, order, exc: ShapeError, spec) -> GraphCnnError:
     dec4.crop (where): ...; nearest admissible sizes: 556, 572'. Errors no size fixes
     (channels, wiring) come back unchanged."""
     spatial = [(k, s) for k, s in flat.inputs.items() if len(s) >= 2]
-    if not spatial or is_symbolic(flat.inputs):
+    if not spatial or is_symbolic(flat.inputs) or isinstance(exc, InputsDisagree):
         return exc
     sweep = Sweep(flat, order, keep_offsets=True)
     near = [sweep.shapes(n) for n in _nearest(sweep)]

@@ -18,7 +18,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from ..errors import ShapeError
+from ..errors import InputsDisagree, ShapeError
 from .base import Layer, Param, Shape, Window, fmt_shape, product, register
 from .conv import conv_input_grad, conv_weight_grad
 from .norm import batchnorm_train, batchnorm_vjp
@@ -38,6 +38,20 @@ class Merge(Layer):
         return super().window(shapes[:1])
 
 
+def refuse_broadcast(op: str, first: Shape, other: Shape) -> None:
+    """Unequal shapes that would broadcast (every axis equal or 1 on one side): the user meant
+    a gate, which this elementwise merge does not do; no input size changes that."""
+    if len(first) != len(other) or first == other:
+        return
+    axes = [f"axis {i + 1} ({'channels' if i == 0 else 'spatial'}): {p} vs {q}"
+            for i, (p, q) in enumerate(zip(first, other)) if p != q]
+    if all(1 in (p, q) for p, q in zip(first, other) if p != q):
+        raise InputsDisagree(f"{op} inputs disagree on " + ", ".join(axes) + f"; {op} does not "
+                             "broadcast", expected="equal shapes",
+                             received=f"{fmt_shape(first)} and {fmt_shape(other)}",
+                             hint="to scale by a per-channel gate use `mul`")
+
+
 @register
 class Add(Merge):
     """Residual sum h = x + f[x] of equally shaped inputs (optionally projecting the skip)."""
@@ -54,6 +68,7 @@ class Add(Merge):
         if self.projection:
             shapes = shapes[:-1] + [self.projected(shapes[0], shapes[-1])]
         for shape in shapes[1:]:
+            refuse_broadcast("add", shapes[0], shape)
             if shape != shapes[0]:
                 hint = "" if self.projection else "add `project: conv_bn` (or a 1x1 conv) on the skip"
                 raise ShapeError("residual inputs disagree",
@@ -241,6 +256,7 @@ class Highway(Merge):
 
     def infer(self, shapes: list[Shape]) -> Shape:
         h, x = shapes
+        refuse_broadcast("highway", x, h)
         if h != x:
             raise ShapeError("highway needs H(x) shaped like x",
                              expected=fmt_shape(x), received=fmt_shape(h),
