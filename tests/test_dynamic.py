@@ -122,3 +122,29 @@ nodes:
   - {id: c, op: conv2d, channels: 2, kernel: 1}
 """, "X")
     assert "unknown spatial axis 'X'" in str(err) and "expected H, W" in str(err)
+
+
+def test_a_size_pinned_by_a_fixed_upsampling_is_refused_naming_the_node(tmp_path):
+    """DeepLab-like: a pooled branch upsampled by a fixed factor meets a branch that follows
+    the input; no other size fits, and the error is located at the node that refuses one."""
+    spec = tmp_path / "pin.yaml"
+    spec.write_text("name: pin\ninputs: {x: [4, 16, 16]}\nnodes:\n"
+                    "  - {id: c, op: conv2d, channels: 4, kernel: 3, padding: same}\n"
+                    "  - {id: g, op: global_avgpool, keepdims: true}\n"
+                    "  - {id: u, op: upsample, scale: 16}\n"
+                    "  - {id: cat, op: concat, inputs: [c, u]}\n")
+    out = tmp_path / "pin.onnx"
+    with pytest.raises(CompileError) as info:
+        export_to_file_for(spec, out)
+    text = str(info.value)
+    assert text.startswith(f"{spec}:7:5: cat: --dynamic H: the input size is pinned at 16")
+    assert main(["compile", str(spec), "--dynamic", "H,W", "-o", str(out)]) == 1
+    assert not out.exists()
+
+
+def export_to_file_for(spec, out):
+    from graphcnn.api import check_spec, load_spec
+    from graphcnn.deploy.export import ExportOptions, export_to_file
+
+    loaded = load_spec(spec)
+    return export_to_file(check_spec(loaded), loaded.to_yaml(), ExportOptions(dynamic=("H", "W")), out)

@@ -11,7 +11,7 @@ shows only at sizes further away than the nearest ALTERNATIVES would go unseen.
 """
 from __future__ import annotations
 
-from ..errors import CompileError
+from ..errors import CompileError, GraphCnnError
 from ..graph.sweep import Axis, Sweep, axis_names
 from ..graph.wiring import build_graph, topological
 from ..lower.emitter import Emitter
@@ -57,6 +57,23 @@ def samples(sweep: Sweep, count: int) -> list[tuple[int, list]]:
     return found[:count]
 
 
+def pinned_everywhere(sweep: Sweep, name: str) -> CompileError:
+    """No other size fits: the error names the node that refuses the next size up (a fixed
+    upsampling meeting a size-following branch, say), located at its spec line."""
+    n = sweep.base + 1
+    try:
+        sweep.run(n)
+    except GraphCnnError as exc:
+        return CompileError(f"--dynamic {name}: the input size is pinned at {sweep.base}: at "
+                            f"{name} = {n} this node refuses it: {exc.message}",
+                            loc=exc.loc, node=exc.node, via=exc.via, expected=exc.expected,
+                            received=exc.received,
+                            hint=f"no other admissible size within {SEARCH} of {sweep.base}; "
+                                 "graphcnn sizes SPEC --axis " + name)
+    return CompileError(f"--dynamic {name}: no other admissible size within {SEARCH} of "
+                        f"{sweep.base}", hint="graphcnn sizes SPEC --axis " + name)
+
+
 def check_dynamic(checked, names: list[str]) -> dict:
     """The plan for apply_dynamic ({"axes": {(input, index): name}, "formulas": ...}) when the
     lowering does not depend on those axes; else a CompileError naming the node that pins it."""
@@ -69,8 +86,7 @@ def check_dynamic(checked, names: list[str]) -> dict:
         sweep = _sweep(checked, inp, index, name)
         others = samples(sweep, SAMPLES)
         if not others:
-            raise CompileError(f"--dynamic {name}: no other admissible size within {SEARCH} of "
-                               f"{sweep.base}", hint="graphcnn sizes SPEC --axis " + name)
+            raise pinned_everywhere(sweep, name)
         for n, infos in others[:ALTERNATIVES]:
             _compare(checked.nodes, base, _lowered(infos), name, sweep.base, n)
         formulas[name] = _formulas(checked, name, sweep.base, others)
