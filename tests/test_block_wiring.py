@@ -30,3 +30,31 @@ def test_block_call_reads_previous_node_by_default():
     text = SPEC.replace("{id: st, block: b, repeat: 2}", "{id: st, block: b, inputs: s}")
     checked = check(NetworkSpec.from_text(text, "t.yaml"))
     assert {n.id: n.inputs for n in checked.nodes}["st.c"] == ("s",)
+
+
+def test_repeat_zero_is_a_stage_of_no_blocks(tmp_path):
+    """`repeat: 0` adds nothing and its id names its input; a network left with no layer at
+    all, or a zero-repeat call with two inputs, is refused at its line."""
+    import pytest
+
+    import graphcnn
+    from graphcnn.errors import SpecError
+
+    head = ("name: r\ninputs: {x: [3, 8, 8]}\nblocks:\n  unit:\n    nodes:\n"
+            "      - {id: conv, op: conv2d, channels: 3, kernel: 3, padding: same}\n"
+            "      - {id: relu, op: relu}\nnodes:\n")
+    spec = tmp_path / "r.yaml"
+    spec.write_text(head + "  - {id: stage1, block: unit, repeat: 0}\n"
+                    "  - {id: stage2, block: unit, repeat: 2}\n"
+                    "  - {id: out, op: add, inputs: [stage1, stage2]}\n")
+    checked = graphcnn.check_spec(spec)
+    assert [n.id for n in checked.nodes][:1] == ["stage2.block0.conv"]
+    assert checked.node("out").inputs == ("x", "stage2.block1.relu")
+    spec.write_text(head + "  - {id: stage1, block: unit, repeat: 0}\n")
+    with pytest.raises(SpecError, match="no layers"):
+        graphcnn.check_spec(spec)
+    spec.write_text(head + "  - {id: a, op: relu}\n"
+                    "  - {id: s, block: unit, repeat: 0, inputs: [x, a]}\n")
+    with pytest.raises(SpecError, match="takes one input") as info:
+        graphcnn.check_spec(spec)
+    assert str(info.value).startswith(f"{spec}:10:5: s: ")

@@ -1,7 +1,8 @@
 """Block expansion: a NetworkSpec becomes a flat list of nodes with hierarchical ids.
 
 A block call `{id: stage3, block: bottleneck, repeat: 36, args: {...}, first: {...}}` makes
-instances stage3.block0 ... stage3.block35 (just `stage3` when repeat is 1). Inside a block,
+instances stage3.block0 ... stage3.block35 (just `stage3` when repeat is 1; with repeat 0 the
+call adds nothing and `stage3` names its input, a stage of zero blocks). Inside a block,
 a string field that is an integer expression over the block's params (`width * 4`) is evaluated;
 names of the block's inputs and nodes are references and are left alone. Node ids become
 `stage3.block12.conv2`; `stage3.block12` and `stage3` refer to the output of the instance and
@@ -68,6 +69,9 @@ def flatten(spec: NetworkSpec) -> FlatSpec:
     top = _Source(spec._source, ())
     ex.expand(list(spec.nodes), top, ("nodes",), scope=(), names={}, previous=first_input, via=())
     nodes = [replace(n, inputs=tuple(ex.alias(i) for i in n.inputs)) for n in ex.nodes]
+    if not nodes:  # every block call repeats 0 times
+        raise SpecError("the network has no layers: every block call repeats 0 times",
+                        loc=spec.location(("nodes",)), expected="at least one layer")
     outputs = [ex.alias(o) for o in spec.outputs] if spec.outputs else [nodes[-1].id]
     locs = {o: spec.location(("outputs", i)) for i, o in enumerate(outputs)}
     _refuse_whole(ex.parted, nodes, outputs, locs)
@@ -234,9 +238,12 @@ class _Expander:
 
     def count(self, item: BlockCall, call_id: str, loc) -> int:
         repeat = substitute(item.repeat, {}) if isinstance(item.repeat, str) else item.repeat
-        if not isinstance(repeat, int) or not 1 <= repeat <= MAX_NODES:
-            raise SpecError("repeat must be a positive integer", loc=loc, node=call_id,
+        if isinstance(repeat, bool) or not isinstance(repeat, int) or not 0 <= repeat <= MAX_NODES:
+            raise SpecError("repeat must be a whole number, 0 or more", loc=loc, node=call_id,
                             received=repr(item.repeat))
+        if repeat == 0 and item.inputs and len(item.inputs) > 1:  # which input passes through?
+            raise SpecError("repeat: 0 passes its input through, so it takes one input",
+                            loc=loc, node=call_id, received=f"inputs {list(item.inputs)}")
         return repeat
 
     def instance(self, block: BlockDef, source: _Source, inst: str, args: dict, inputs: list[str],
