@@ -58,3 +58,26 @@ def test_repeat_zero_is_a_stage_of_no_blocks(tmp_path):
     with pytest.raises(SpecError, match="takes one input") as info:
         graphcnn.check_spec(spec)
     assert str(info.value).startswith(f"{spec}:10:5: s: ")
+
+
+def test_op_may_be_a_block_parameter(tmp_path):
+    """An activation chosen per stage: `op: act` with `act` a parameter of the block; a value
+    that names no op is refused at the block node's line, with the call's line."""
+    import pytest
+
+    import graphcnn
+    from graphcnn.errors import SpecError
+
+    head = ("name: p\ninputs: {x: [3, 8, 8]}\nblocks:\n  unit:\n    params: {act: relu}\n"
+            "    nodes:\n      - {id: conv, op: conv2d, channels: 4, kernel: 3, padding: same}\n"
+            "      - {id: act, op: act}\nnodes:\n")
+    spec = tmp_path / "p.yaml"
+    spec.write_text(head + "  - {id: s1, block: unit, args: {act: relu6}}\n"
+                    "  - {id: s2, block: unit}\n")
+    checked = graphcnn.check_spec(spec)
+    assert [checked.node(f"s{i}.act").op for i in (1, 2)] == ["relu6", "relu"]
+    spec.write_text(head + "  - {id: s1, block: unit, args: {act: relu7}}\n")
+    with pytest.raises(SpecError, match="unknown op 'relu7'; did you mean") as info:
+        graphcnn.check_spec(spec)
+    assert str(info.value).startswith(f"{spec}:8:19: act: ")
+    assert f"(instantiated at {spec}:10:5)" in str(info.value)

@@ -264,12 +264,14 @@ class _Expander:
         return last
 
     def validate(self, raw: Any, values: dict, source: _Source, j: int, inst: str, via: tuple):
-        """Substitute the block's parameters into one raw node and validate it."""
+        """Substitute the block's parameters into one raw node and validate it. The op is
+        checked after substitution: `op:` may name a parameter (an activation per stage)."""
         path = source.prefix + ("nodes", j)
         located = source.located
         try:
-            check_op(raw, located, path)
-            return node_adapter().validate_python(_substitute_node(raw, values))
+            node = _substitute_node(raw, values)
+            check_op(node, located, path)
+            return node_adapter().validate_python(node)
         except ValidationError as exc:
             err = validation_error(exc, located, path)
             err.node = f"{inst}.{err.node}" if err.node else inst
