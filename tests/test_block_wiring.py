@@ -81,3 +81,31 @@ def test_op_may_be_a_block_parameter(tmp_path):
         graphcnn.check_spec(spec)
     assert str(info.value).startswith(f"{spec}:8:19: act: ")
     assert f"(instantiated at {spec}:10:5)" in str(info.value)
+
+
+def test_block_libraries_import_block_libraries(tmp_path):
+    """A library's `imports` resolve against its own folder; a loop or a repeat reads each
+    file once; a missing file is located at the importing library's line."""
+    import pytest
+
+    import graphcnn
+    from graphcnn.errors import SpecError
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "base.yaml").write_text(
+        "blocks:\n  cbr:\n    params: {w: 4}\n    nodes:\n"
+        "      - {id: conv, op: conv2d, channels: w, kernel: 3, padding: same}\n"
+        "      - {id: relu, op: relu}\n")
+    (lib / "stage.yaml").write_text(
+        "imports: [base.yaml, stage.yaml]\nblocks:\n  two:\n    params: {w: 4}\n    nodes:\n"
+        "      - {id: a, block: cbr, args: {w: w}}\n      - {id: b, block: cbr, args: {w: w}}\n")
+    spec = tmp_path / "net.yaml"
+    spec.write_text("name: n\nimports: [lib/stage.yaml, lib/base.yaml]\n"
+                    "inputs: {x: [3, 8, 8]}\nnodes:\n  - {id: s, block: two, args: {w: 8}}\n")
+    checked = graphcnn.check_spec(spec)
+    assert [n.id for n in checked.nodes] == ["s.a.conv", "s.a.relu", "s.b.conv", "s.b.relu"]
+    (lib / "stage.yaml").write_text("imports: [gone.yaml]\nblocks: {}\n")
+    with pytest.raises(SpecError, match="'gone.yaml' not found") as info:
+        graphcnn.check_spec(spec)
+    assert str(info.value).startswith(f"{lib / 'stage.yaml'}:1:11: ")

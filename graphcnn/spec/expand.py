@@ -97,22 +97,47 @@ def _whole(what: str, name: str, parts: list[str], loc, node, via) -> GraphError
                       received=name, hint=f"e.g. `inputs: [{parts[0]}]`" if what == "input" else None)
 
 
+MAX_IMPORT_DEPTH = 16  # block libraries importing block libraries
+
+
 def load_imports(spec: NetworkSpec) -> dict[str, tuple[BlockDef, _Source]]:
-    """Blocks from the files in `imports`, resolved against the spec's folder."""
+    """Blocks from the files in `imports`, resolved against the spec's folder; a library may
+    import others (resolved against its own folder). Each file is read once, so a library
+    imported twice, or two that import each other, add their blocks once; a later file's
+    block replaces an earlier one of the same name."""
     base = spec._path.parent if spec._path else Path(".")
     found: dict[str, tuple[BlockDef, _Source]] = {}
+    seen: set[Path] = set()
     for i, name in enumerate(spec.imports):
-        path = base / name
-        if not path.is_file():
-            raise SpecError(f"imported block file '{name}' not found", loc=spec.location(("imports", i)),
-                            expected=f"a file at {path}")
-        located = load_yaml(read_text(path), str(path))
-        raw = located.data.get("blocks") if isinstance(located.data, dict) else None
-        if not isinstance(raw, dict) or set(located.data) - {"blocks"}:
-            raise SpecError("a block library holds one key, 'blocks'", loc=located.loc(()))
-        for bname, bdata in raw.items():
-            found[bname] = (_validate_block(bdata, located, ("blocks", bname)), _Source(located, ("blocks", bname)))
+        _import_library(base, name, spec.location(("imports", i)), found, seen, 0)
     return found
+
+
+def _import_library(base: Path, name: str, loc, found: dict, seen: set, depth: int) -> None:
+    path = base / name
+    if not path.is_file():
+        raise SpecError(f"imported block file '{name}' not found", loc=loc,
+                        expected=f"a file at {path}")
+    if path.resolve() in seen:
+        return
+    if depth >= MAX_IMPORT_DEPTH:
+        raise SpecError("block libraries import each other too deeply", loc=loc,
+                        expected=f"at most {MAX_IMPORT_DEPTH} levels")
+    seen.add(path.resolve())
+    located = load_yaml(read_text(path), str(path))
+    data = located.data
+    if not isinstance(data, dict) or not isinstance(data.get("blocks"), dict) \
+            or set(data) - {"blocks", "imports"}:
+        raise SpecError("a block library holds 'blocks' and, optionally, 'imports'",
+                        loc=located.loc(()))
+    imports = data.get("imports", [])
+    if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
+        raise SpecError("'imports' is a list of file names", loc=located.loc(("imports",)))
+    for j, inner in enumerate(imports):
+        _import_library(path.parent, inner, located.loc(("imports", j)), found, seen, depth + 1)
+    for bname, bdata in data["blocks"].items():
+        found[bname] = (_validate_block(bdata, located, ("blocks", bname)),
+                        _Source(located, ("blocks", bname)))
 
 
 def _validate_block(data: Any, located: LocatedData, prefix: tuple) -> BlockDef:
