@@ -109,3 +109,33 @@ def test_block_libraries_import_block_libraries(tmp_path):
     with pytest.raises(SpecError, match="'gone.yaml' not found") as info:
         graphcnn.check_spec(spec)
     assert str(info.value).startswith(f"{lib / 'stage.yaml'}:1:11: ")
+
+
+def test_when_makes_a_block_node_optional(tmp_path):
+    """MobileNet's inverted residual in one block: the add exists only when the shapes agree;
+    a skipped node adds nothing and its id names the value before it."""
+    import pytest
+
+    import graphcnn
+    from graphcnn.errors import SpecError
+
+    def spec_with(condition: str):
+        path = tmp_path / "w.yaml"
+        path.write_text(
+            "name: w\ninputs: {x: [8, 8, 8]}\nblocks:\n  ir:\n"
+            "    params: {inp: 8, out: 8, stride: 1}\n    nodes:\n"
+            "      - {id: dw, op: conv2d, channels: inp, kernel: 3, stride: stride, padding: 1,"
+            " groups: inp}\n      - {id: pw, op: conv2d, channels: out, kernel: 1}\n"
+            f"      - {{id: add, op: add, skip: x, when: {condition}}}\nnodes:\n"
+            "  - {id: b1, block: ir}\n  - {id: b2, block: ir, args: {out: 16, stride: 2}}\n"
+            "  - {id: b3, block: ir, args: {inp: 16, out: 16}}\n")
+        return path
+
+    checked = graphcnn.check_spec(spec_with("stride == 1 and inp == out"))
+    ids = [n.id for n in checked.nodes]
+    assert "b1.add" in ids and "b2.add" not in ids and "b3.add" in ids
+    assert checked.node("b3.add").inputs == ("b3.pw", "b2.pw")
+    path = spec_with("stride + 1")
+    with pytest.raises(SpecError, match="when: needs a true/false expression") as info:
+        graphcnn.check_spec(path)
+    assert str(info.value).startswith(f"{path}:9:9: b1: ")

@@ -161,6 +161,23 @@ def _substitute_node(raw: Any, values: dict) -> Any:
     return {k: v if k == "id" else substitute(v, values) for k, v in raw.items()}
 
 
+@dataclass(frozen=True)
+class _Skipped:
+    """A block node whose `when:` condition is false: it adds nothing, and its id names the
+    value before it (so an optional residual add leaves the block's output as it was)."""
+
+    id: str | None
+    op_name: str
+
+
+def _condition(value: Any, written: Any) -> bool:
+    """A block node's `when:` after substitution: it must have become true or false."""
+    if not isinstance(value, bool):
+        raise SpecError("when: needs a true/false expression over the block's params",
+                        expected="say `stride == 1 and inp == out`", received=repr(written))
+    return value
+
+
 class _Expander:
     def __init__(self, blocks: dict[str, tuple[BlockDef, _Source]]):
         self.blocks, self.nodes, self.aliases = blocks, [], {}
@@ -180,7 +197,9 @@ class _Expander:
         for i, item in enumerate(items):
             loc = source.located.loc(source.prefix + path + (i,)) if source.located else None
             node_id = prefix + local_ids[i]
-            if isinstance(item, BlockCall):
+            if isinstance(item, _Skipped):  # `when:` false: the id names the value before it
+                self.aliases[node_id] = previous
+            elif isinstance(item, BlockCall):
                 previous = self.call(item, node_id, resolve, previous, scope, loc, via)
             else:
                 # `previous` is already a full id: only names written in the spec are resolved
@@ -295,6 +314,9 @@ class _Expander:
         located = source.located
         try:
             node = _substitute_node(raw, values)
+            if isinstance(node, dict) and "when" in node:
+                if not _condition(node.pop("when"), raw["when"]):
+                    return _Skipped(node.get("id"), str(node.get("op") or "block"))
             check_op(node, located, path)
             return node_adapter().validate_python(node)
         except ValidationError as exc:
