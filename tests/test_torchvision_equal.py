@@ -1,6 +1,6 @@
 """Shipped specs equal their torchvision models, weight for weight (tools/torchvision_check.py).
 
-For every spec with a name map (specs/maps/<name>.torchvision.yaml): torchvision's model, with
+For every spec with a name map (tools/torchvision_maps/<name>.yaml): torchvision's model, with
 random batchnorm statistics and constant-initialised parameters, is copied into the spec by the
 map, and the two give the same output (max |ours - torch| / max |torch| < 1e-5) at the end and
 at the map's probe node. Inputs at the map's `size` when it gives one, else the spec's own;
@@ -94,7 +94,7 @@ def test_deeplab_equals_torchvision_where_every_atrous_rate_reaches_past_the_cen
 
 @pytest.mark.parametrize("name", NAMES)
 def test_map_names_a_shipped_spec_and_parses(name):
-    assert (SPECS / f"{name}.yaml").is_file(), f"specs/maps/{name}.torchvision.yaml has no spec"
+    assert (SPECS / f"{name}.yaml").is_file(), f"tools/torchvision_maps/{name}.yaml has no spec"
     name_map = tool.read_map(name)
     assert name_map.rules, "a map needs rules"
     assert name_map.target("stage1.layer.0.bn.num_batches_tracked") == ""

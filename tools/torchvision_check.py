@@ -5,7 +5,7 @@
 For each NAME: build torchvision's model (weights=None, no download), give every batchnorm
 random running statistics and every constant-initialised parameter (norm affine parameters,
 zero biases, layer scales) random values from a seeded generator, eval(); rename its
-state_dict to spec ids by `specs/maps/NAME.torchvision.yaml`, write the .npz, compile
+state_dict to spec ids by `tools/torchvision_maps/NAME.yaml`, write the .npz, compile
 `specs/NAME.yaml` with those weights (`compile --weights`, through graphcnn's API), run both on
 the same seeded random input and print max |ours - torch| / max |torch| at the final output
 and at an early node (the map's probe). Exit 0 when every NAME is within --tolerance, 1 when
@@ -59,7 +59,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing graphcnn
 SPECS = ROOT / "specs"
-MAPS = SPECS / "maps"
+MAPS = ROOT / "tools" / "torchvision_maps"  # name maps: data of this tool, not specs
 
 # Keyword arguments per torchvision builder, besides weights=None (and weights_backbone=None
 # where the builder takes it, so nothing is downloaded). A map file's `kwargs` override these.
@@ -136,12 +136,12 @@ class NameMap:
 
 
 def map_path(name: str) -> Path:
-    return MAPS / f"{name}.torchvision.yaml"
+    return MAPS / f"{name}.yaml"
 
 
 def mapped_names() -> list[str]:
     """Every spec with a map file."""
-    return sorted(p.name[: -len(".torchvision.yaml")] for p in MAPS.glob("*.torchvision.yaml"))
+    return sorted(p.stem for p in MAPS.glob("*.yaml"))
 
 
 def read_map(name: str, path: Path | None = None) -> NameMap:
@@ -383,7 +383,7 @@ def check(name: str, *, size: tuple[int, ...] | None = None, tolerance: float = 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", metavar="NAME",
-                        help="specs with a map in specs/maps/ (default: all of them)")
+                        help="specs with a map in tools/torchvision_maps/ (default: all of them)")
     parser.add_argument("--size", help="spatial input size, e.g. 64,64 (default: the map's "
                         "`size`, else the spec's)")
     parser.add_argument("--tolerance", type=float, default=1e-5,
