@@ -136,8 +136,46 @@ class Identity(Elementwise):
         return [dy], {}
 
 
+class RandomMask(Layer):
+    """What dropout and drop_path share: the identity at inference; in training x times a
+    keep mask drawn with hashed_uniform (kept where uniform >= rate) and scaled by
+    1/(1 - rate) (by 1 at rate 1, where nothing is kept); the backward rule multiplies by the
+    same mask. Subclasses say how many draws there are and what shape the mask takes."""
+    rate: float
+
+    def mask_layout(self, g, xs, shapes) -> tuple[str, str]:
+        """(a 0-d int64: the number of draws, the int64 shape the mask is reshaped to)."""
+        raise NotImplementedError  # abstract: each subclass says which elements share a draw
+
+    def lower(self, g, xs, shapes, out):
+        return g.op("Identity", xs)
+
+    def lower_train(self, g, xs, shapes, out):
+        if self.rate == 0:
+            return g.op("Identity", xs)
+        count, target = self.mask_layout(g, xs, shapes)
+        keep = g.op("Cast", [g.op("GreaterOrEqual", [hashed_uniform(g, count),
+                                                     g.scalar(self.rate)])], to=g.FLOAT)
+        scale = 1 / (1 - self.rate) if self.rate < 1 else 1.0
+        mask = g.op("Reshape", [g.op("Mul", [keep, g.scalar(scale)]), target])
+        g.keep(KeepMask(mask))
+        return g.op("Mul", [xs[0], mask])
+
+    def vjp(self, g, xs, shapes, out, y, dy):
+        if self.rate == 0:  # no mask was made: the identity
+            return [dy], {}
+        return [g.op("Mul", [dy, g.kept(KeepMask).value])], {}
+
+
+@dataclass(frozen=True)
+class KeepMask:
+    """A training forward's scaled keep mask, for the backward rule."""
+
+    value: str
+
+
 @register
-class Dropout(Elementwise):
+class Dropout(RandomMask):
     """Zeroes a fraction `rate` of the elements in training (scaling the rest by 1/(1-rate));
     the identity at inference.
 
@@ -147,30 +185,10 @@ class Dropout(Elementwise):
     op: Literal["dropout"] = "dropout"
     rate: float = Field(0.5, ge=0, lt=1)  # at 1 every element drops and the rest scale by 1/0
 
-    def lower(self, g, xs, shapes, out):
-        return g.op("Identity", xs)
-
-    def lower_train(self, g, xs, shapes, out):
-        if self.rate == 0:
-            return g.op("Identity", xs)
+    def mask_layout(self, g, xs, shapes):
+        """One draw per element."""
         shape = g.op("Shape", xs)
-        uniform = hashed_uniform(g, g.op("ReduceProd", [shape], keepdims=0))
-        keep = g.op("Cast", [g.op("GreaterOrEqual", [uniform, g.scalar(self.rate)])], to=g.FLOAT)
-        mask = g.op("Reshape", [g.op("Mul", [keep, g.scalar(1 / (1 - self.rate))]), shape])
-        g.keep(DropoutMask(mask))
-        return g.op("Mul", [xs[0], mask])
-
-    def vjp(self, g, xs, shapes, out, y, dy):
-        if self.rate == 0:  # no mask was made: the identity
-            return [dy], {}
-        return [g.op("Mul", [dy, g.kept(DropoutMask).value])], {}
-
-
-@dataclass(frozen=True)
-class DropoutMask:
-    """The training forward's keep mask, scaled by 1/(1 - rate), for the backward rule."""
-
-    value: str
+        return g.op("ReduceProd", [shape], keepdims=0), shape
 
 
 def hashed_uniform(g, count: str) -> str:
