@@ -139,3 +139,18 @@ def test_when_makes_a_block_node_optional(tmp_path):
     with pytest.raises(SpecError, match="when: needs a true/false expression") as info:
         graphcnn.check_spec(path)
     assert str(info.value).startswith(f"{path}:9:9: b1: ")
+
+
+def test_instance_names_do_not_depend_on_the_repeat_count():
+    """A call that says `repeat:` numbers its instances whatever the count, so a stage that
+    grows from one block to two keeps its first block's weight names; without `repeat:` the
+    one instance takes the call's id."""
+    def ids(call: str) -> list[str]:
+        text = SPEC.replace("{id: st, block: b, repeat: 2}", call)
+        return [n.id for n in check(NetworkSpec.from_text(text, "t.yaml")).nodes
+                if n.id.endswith(".c")]
+
+    one, two = ids("{id: st, block: b, repeat: 1}"), ids("{id: st, block: b, repeat: 2}")
+    assert one == ["st.block0.c"] and two[:1] == one and two[1:] == ["st.block1.c"]
+    assert ids("{id: st, block: b, repeat: '3 - 2'}") == ["st.block0.c"]
+    assert ids("{id: st, block: b}") == ["st.c"]

@@ -1,8 +1,11 @@
 """Block expansion: a NetworkSpec becomes a flat list of nodes with hierarchical ids.
 
 A block call `{id: stage3, block: bottleneck, repeat: 36, args: {...}, first: {...}}` makes
-instances stage3.block0 ... stage3.block35 (just `stage3` when repeat is 1; with repeat 0 the
-call adds nothing and `stage3` names its input, a stage of zero blocks). Inside a block,
+instances stage3.block0 ... stage3.block35. One naming rule: a call that says `repeat:` numbers
+its instances whatever the count (`repeat: 1` makes stage3.block0, so a weight file keeps its
+names when the stage grows a second block); a call without `repeat:` is one instance named
+`stage3`. With repeat 0 the call adds nothing and `stage3` names its input, a stage of zero
+blocks. Inside a block,
 a string field that is an integer expression over the block's params (`width * 4`) is evaluated;
 names of the block's inputs and nodes are references and are left alone. Node ids become
 `stage3.block12.conv2`; `stage3.block12` and `stage3` refer to the output of the instance and
@@ -262,9 +265,10 @@ class _Expander:
         block, source = self.blocks[item.block]
         repeat = self.count(item, call_id, loc)
         inputs = [resolve(n) for n in item.inputs] if item.inputs else [previous]
-        outer = scope + ((call_id,) if repeat > 1 else ())  # `stage3` folds its instances
+        numbered = "repeat" in item.model_fields_set  # the one naming rule (module docstring)
+        outer = scope + ((call_id,) if numbered else ())  # `stage3` folds its instances
         for k in range(repeat):
-            inst = call_id if repeat == 1 else f"{call_id}.block{k}"
+            inst = f"{call_id}.block{k}" if numbered else call_id
             args = self.call_args(item, k, inst, loc, via)
             out = self.instance(block, source, inst, args, inputs, outer, via + ((loc,) if loc else ()), item, loc)
             self.aliases[inst] = out
