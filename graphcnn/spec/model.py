@@ -6,13 +6,15 @@ from typing import Annotated, Any, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
-                      TypeAdapter, ValidationError, field_validator)
+                      TypeAdapter, ValidationError, field_validator, model_validator)
 
 from ..errors import Location, SpecError, nearest
 from ..gcpause import gc_paused
 from ..layers import REGISTRY, Layer
 from ..layers.base import on_registry_change
+from .preprocess import Labels, PreprocessSection, check_labels
 from .training import TrainingSection
+from .weightmaps import check_maps, check_rule
 from .yamlio import LocatedData, load_yaml, read_text
 
 Dim = Union[int, str]
@@ -60,7 +62,7 @@ def _node_union():
 
 
 Node = _node_union()
-SECTIONS = {"training": TrainingSection}  # top-level keys that hold a model of their own
+SECTIONS = {"training": TrainingSection, "preprocess": PreprocessSection}  # top-level keys that hold a model of their own
 
 
 class NetworkSpec(BaseModel):
@@ -74,6 +76,9 @@ class NetworkSpec(BaseModel):
     blocks: dict[str, BlockDef] = {}
     imports: list[str] = []
     training: TrainingSection | None = None
+    preprocess: PreprocessSection | None = None
+    labels: Labels | None = None
+    weights: dict[str, list[list[Any]]] = {}
 
     _source: LocatedData | None = PrivateAttr(default=None)
     _path: Path | None = PrivateAttr(default=None)
@@ -88,6 +93,29 @@ class NetworkSpec(BaseModel):
             if any(isinstance(d, int) and d < 1 for d in shape):
                 raise ValueError(f"input '{name}' sizes must be at least 1; received {shape}")
         return inputs
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weight_maps(cls, maps):
+        return check_maps(maps)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels):
+        return check_labels(labels)
+
+    @model_validator(mode="after")
+    def _preprocess_fits_the_input(self):
+        """mean/std give one value per channel of the (first) input."""
+        if self.preprocess is None:
+            return self
+        channels = next(iter(self.inputs.values()))[0]
+        for key in ("mean", "std"):
+            values = getattr(self.preprocess, key)
+            if values is not None and isinstance(channels, int) and len(values) != channels:
+                raise ValueError(f"preprocess {key} has {len(values)} values for an input of "
+                                 f"{channels} channels")
+        return self
 
     @classmethod
     def from_yaml(cls, source: str | Path, *, text: str | None = None) -> "NetworkSpec":
@@ -114,11 +142,13 @@ class NetworkSpec(BaseModel):
 
     def to_dict(self) -> dict:
         """Plain data with defaults left out and every node's `op` first."""
-        data = self.model_dump(exclude_defaults=True, exclude={"nodes", "training"})
+        data = self.model_dump(exclude_defaults=True, exclude={"nodes", "training", "preprocess"})
         data["nodes"] = [node_to_dict(n) for n in self.nodes]
-        if self.training is not None:
-            data["training"] = self.training.written()
-        order = ["name", "imports", "inputs", "blocks", "nodes", "outputs", "training"]
+        for section in ("training", "preprocess"):
+            if getattr(self, section) is not None:
+                data[section] = getattr(self, section).written()
+        order = ["name", "imports", "inputs", "blocks", "nodes", "outputs", "training",
+                 "preprocess", "labels", "weights"]
         return {k: data[k] for k in order if k in data}
 
     def to_yaml(self) -> str:
@@ -184,12 +214,26 @@ def parse_located(cls, located: LocatedData) -> NetworkSpec:
         raise SpecError("a spec is a mapping with name, inputs, nodes and outputs",
                         loc=located.loc(()), received=type(data).__name__)
     check_ops(data.get("nodes"), located)
+    check_weight_maps(data.get("weights"), located)
     try:
         spec = cls.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc, located) from None
     spec._source = located
     return spec
+
+
+def check_weight_maps(maps: Any, located: LocatedData) -> None:
+    """A bad rename rule is named at its own line (the section's validator says only 'weights')."""
+    if not isinstance(maps, dict):
+        return
+    for name, rules in maps.items():
+        for i, rule in enumerate(rules if isinstance(rules, list) else []):
+            try:
+                check_rule(rule)
+            except ValueError as exc:
+                raise SpecError(f"weights map '{name}' rule {i}: {exc}",
+                                loc=located.loc(("weights", name, i))) from None
 
 
 def check_ops(nodes: Any, located: LocatedData, path: tuple = ("nodes",)) -> None:
