@@ -15,7 +15,11 @@ class ExportOptions:
     seed: int = 0
     opset: int | None = None
     batch: int | None = None
-    weights: str | None = None       # .npz keyed by spec id
+    weights: str | None = None       # a checkpoint: .npz, .safetensors, .pth/.pt/.bin
+    weights_map: str | None = None   # a map of the spec's `weights:` section, or a map file
+    weights_key: str | None = None   # where the tensors sit inside a nested checkpoint
+    partial: bool = False            # load what matches, keep the initial values of the rest
+    fold_preprocess: bool = False    # the spec's preprocess: inside the graph (uint8 input)
     fold_bn: bool = False
     precision: str = "fp32"          # fp32 | fp16 | bf16
     quantize: str | None = None      # int8
