@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..fileio import write_atomic
+from ..spec.training import ignored_label
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,9 @@ def npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
         raise DataError(f"cannot read data file {path}: {exc}") from None
 
 
-def load_data(source: str | Path, checked, loss: str) -> Dataset:
-    """'mnist1d' or an .npz with x, y and optional x_test, y_test, checked against the spec."""
+def load_data(source: str | Path, checked, loss: str, ignore_index: int | None = None) -> Dataset:
+    """'mnist1d' or an .npz with x, y and optional x_test, y_test, checked against the spec
+    (`ignore_index`: the training section's, a label cross_entropy leaves out)."""
     arrays = mnist1d_arrays() if str(source) == "mnist1d" else npz_arrays(source)
     where = "mnist1d" if str(source) == "mnist1d" else str(source)
     for key in ("x", "y"):
@@ -85,13 +87,14 @@ def load_data(source: str | Path, checked, loss: str) -> Dataset:
     (name, in_shape), = checked.inputs.items()
     out_shape = checked.shape_of(checked.outputs[0])
     parts = [("x", "y"), ("x_test", "y_test")] if "x_test" in arrays else [("x", "y")]
-    checked_parts = [check_pair(where, kx, ky, arrays[kx], arrays[ky], in_shape, out_shape, loss)
-                     for kx, ky in parts]
+    ignore = ignored_label(ignore_index, tuple(out_shape)) if loss == "cross_entropy" else None
+    checked_parts = [check_pair(where, kx, ky, arrays[kx], arrays[ky], in_shape, out_shape, loss,
+                                ignore) for kx, ky in parts]
     flat = [a for pair in checked_parts for a in pair]
     return Dataset(*flat)
 
 
-def check_pair(where, kx, ky, x, y, in_shape, out_shape, loss):
+def check_pair(where, kx, ky, x, y, in_shape, out_shape, loss, ignore=None):
     x = fit_inputs(where, kx, x, tuple(in_shape))
     if len(y) != len(x):
         raise DataError(f"{where}: {kx} and {ky} have different numbers of rows",
@@ -99,7 +102,7 @@ def check_pair(where, kx, ky, x, y, in_shape, out_shape, loss):
     if not np.all(np.isfinite(x)):
         bad = int(np.argwhere(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0, 0])
         raise DataError(f"{where}: {kx} holds NaN or Inf values (first in row {bad})")
-    y = check_labels(where, ky, y, tuple(out_shape), loss)
+    y = check_labels(where, ky, y, tuple(out_shape), loss, ignore)
     return x, y
 
 
@@ -123,7 +126,7 @@ def without_ones(shape) -> tuple:
     return tuple(d for d in shape if d != 1)
 
 
-def check_labels(where, key, y, out_shape, loss):
+def check_labels(where, key, y, out_shape, loss, ignore=None):
     if loss == "mse":
         if tuple(y.shape[1:]) != out_shape:
             raise DataError(f"{where}: {key} does not fit the spec's output for mse",
@@ -132,17 +135,30 @@ def check_labels(where, key, y, out_shape, loss):
         if not np.all(np.isfinite(y)):
             raise DataError(f"{where}: {key} holds NaN or Inf values")
         return np.ascontiguousarray(y, dtype=np.float32)
-    classes = out_shape[-1] if len(out_shape) == 1 else None
-    if classes is None:
-        raise DataError("cross_entropy needs an output of shape [N, classes]",
-                        received=f"[N, {', '.join(map(str, out_shape))}]", hint="use loss: mse")
-    if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or is_integral(y)):
-        raise DataError(f"{where}: {key} must be integer class labels, one per row",
+    return check_class_labels(where, key, y, out_shape, ignore)
+
+
+def check_class_labels(where, key, y, out_shape, ignore):
+    """Integer labels for cross_entropy: [N] for class scores [N, C], [N, *S] for per-pixel
+    scores [N, C, *S] (axes of size 1 may differ, as for inputs); each label is a class or
+    `ignore`."""
+    classes, spatial = out_shape[0], tuple(out_shape[1:])
+    want = "one per row" if not spatial else f"one per pixel, [N, {', '.join(map(str, spatial))}]"
+    if not (np.issubdtype(y.dtype, np.integer) or is_integral(y)):
+        raise DataError(f"{where}: {key} must be integer class labels, {want}",
                         received=f"{y.dtype} {list(y.shape)}")
-    if y.min() < 0 or y.max() >= classes:
-        bad = int(y[(y < 0) | (y >= classes)][0])
-        raise DataError(f"{where}: {key} has a label out of range", expected=f"0..{classes - 1}",
-                        received=str(bad))
+    if y.ndim >= 1 and tuple(y.shape[1:]) != spatial \
+            and without_ones(y.shape[1:]) == without_ones(spatial):
+        y = y.reshape((len(y),) + spatial)
+    if y.ndim < 1 or tuple(y.shape[1:]) != spatial:
+        raise DataError(f"{where}: {key} must be integer class labels, {want}",
+                        expected="[" + ", ".join(["N", *map(str, spatial)]) + "]",
+                        received=f"{y.dtype} {list(y.shape)}")
+    bad = ((y < 0) | (y >= classes)) & (y != ignore if ignore is not None else True)
+    if bad.any():
+        allowed = f"0..{classes - 1}" + (f" or {ignore} (ignored)" if ignore is not None else "")
+        raise DataError(f"{where}: {key} has a label out of range", expected=allowed,
+                        received=str(int(y[bad].flat[0])))
     return y.astype(np.int64)
 
 

@@ -47,7 +47,8 @@ def prepare(spec: NetworkSpec, checked: CheckedGraph, output: str | Path, *,
     found from the working folder is read beside `spec_path`."""
     recipe = training_recipe(spec, data=None if data is None else str(data), **overrides)
     output = output_path(output)
-    dataset = load_data(data_source(recipe.data, spec_path), checked, recipe.loss)
+    dataset = load_data(data_source(recipe.data, spec_path), checked, recipe.loss,
+                        recipe.ignore_index)
     return TrainingJob(spec, checked, recipe, dataset, output, label)
 
 

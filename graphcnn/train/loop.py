@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import RunError
+from ..spec.training import ignored_label
 from ..runtime import session
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import Batch, Dataset, epoch_batches, steps_per_epoch
@@ -32,7 +33,7 @@ def build_step(checked, recipe: Recipe, opset: int | None = None):
     return build_training_step(checked, batch=recipe.batch, loss=recipe.loss,
                                optimizer=recipe.optimizer, momentum=recipe.momentum,
                                weight_decay=recipe.weight_decay, betas=recipe.betas,
-                               eps=recipe.eps, opset=opset)
+                               eps=recipe.eps, ignore_index=recipe.ignore_index, opset=opset)
 
 
 class StepRunner:
@@ -54,13 +55,14 @@ class StepRunner:
         self.binding = self.sess.io_binding()
         self.metrics = {o.name: ort.OrtValue.ortvalue_from_shape_and_type(
             [d for d in o.shape], ORT_TYPES[o.type], "cpu")
-            for o in self.sess.get_outputs() if o.name in ("loss", "correct")}
+            for o in self.sess.get_outputs() if o.name in ("loss", "correct", "counted")}
 
     def _upload(self, array: np.ndarray):
         return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
 
-    def run(self, batch: Batch, lr: float, step_no: int) -> tuple[float, float]:
-        """One optimizer step; returns the batch's loss and number of correct rows."""
+    def run(self, batch: Batch, lr: float, step_no: int) -> tuple[float, float, float]:
+        """One optimizer step; returns the batch's loss, its number of correct targets and
+        the number of targets counted (the real rows, or their counted pixels)."""
         s, io = self.step, self.binding
         io.bind_cpu_input(s.data_input, batch.x)
         io.bind_cpu_input(s.label_input, batch.y)
@@ -75,7 +77,9 @@ class StepRunner:
         self.sess.run_with_iobinding(io)
         self.current, self.spare = self.spare, self.current
         correct = self.metrics.get("correct")  # none for regression losses
-        return float(self.metrics["loss"].numpy()), float(correct.numpy()) if correct else 0.0
+        counted = self.metrics.get("counted")  # none when the targets are the real rows
+        return (float(self.metrics["loss"].numpy()), float(correct.numpy()) if correct else 0.0,
+                float(counted.numpy()) if counted else float(batch.real))
 
     def values(self) -> dict[str, np.ndarray]:
         return {n: v.numpy().copy() for n, v in self.current.items()}
@@ -100,8 +104,10 @@ class TrainResult:
 class Evaluator:
     """Test loss and accuracy of the current tensors, through the inference lowering."""
 
-    def __init__(self, checked, loss: str, provider: str = "cpu", chunk: int = 1000):
+    def __init__(self, checked, loss: str, provider: str = "cpu", chunk: int = 1000,
+                 ignore_index: int | None = None):
         self.checked, self.loss, self.chunk = checked, loss, chunk
+        self.ignore = ignored_label(ignore_index, checked.shape_of(checked.outputs[0]))
         self.sess = session(evaluation_model(checked), provider, nchwc=True)
         self.names = weight_names(checked)
         self.probabilities = checked.node(checked.outputs[0]).layer.probability_output
@@ -109,13 +115,13 @@ class Evaluator:
     def __call__(self, values: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray):
         weights = {n: values[n] for n in self.names}
         (name,) = self.checked.inputs
-        losses, correct = [], []
+        totals = np.zeros(3)  # summed loss, correct targets, counted targets
         for start in range(0, len(x), self.chunk):
             out = self.sess.run(None, {name: x[start:start + self.chunk], **weights})[0]
-            l, c = prediction_loss(out, y[start:start + self.chunk], self.loss, self.probabilities)
-            losses.append(l)
-            correct.append(c)
-        return float(np.concatenate(losses).mean()), float(np.concatenate(correct).mean())
+            totals += prediction_loss(out, y[start:start + self.chunk], self.loss,
+                                      self.probabilities, self.ignore)
+        counted = max(totals[2], 1.0)
+        return float(totals[0] / counted), float(totals[1] / counted)
 
 
 def train(checked, recipe: Recipe, data: Dataset, *, checkpoint: str | Path | None = None,
@@ -134,7 +140,7 @@ def train(checked, recipe: Recipe, data: Dataset, *, checkpoint: str | Path | No
     else:
         ckpt = Checkpoint(initial_state(checked, step, recipe.seed), 0, 0, rng.bit_generator.state)
     runner = StepRunner(step, ckpt.values, provider, threads)
-    evaluate = Evaluator(checked, recipe.loss, provider)
+    evaluate = Evaluator(checked, recipe.loss, provider, ignore_index=recipe.ignore_index)
     history, step_no = list(ckpt.history), ckpt.step
     per_epoch = steps_per_epoch(len(data.x), recipe.batch)
     progress.on_start(ckpt.epoch + 1, recipe.epochs, per_epoch)
@@ -156,20 +162,22 @@ def train(checked, recipe: Recipe, data: Dataset, *, checkpoint: str | Path | No
 
 def run_epoch(runner: StepRunner, data: Dataset, recipe: Recipe, rng, epoch: int, step_no: int,
               progress: Progress, checkpoint) -> tuple[float, float, int]:
-    total_loss = total_correct = seen = 0.0
+    total_loss = total_correct = counted = seen = 0.0
     started = time.perf_counter()
     for batch in epoch_batches(data.x, data.y, recipe.batch, rng):
         step_no += 1
-        loss, correct = runner.run(batch, recipe.lr, step_no)
+        loss, correct, targets = runner.run(batch, recipe.lr, step_no)
         if not np.isfinite(loss):
             raise diverged(loss, epoch, step_no, checkpoint)
-        total_loss += loss * batch.real
+        total_loss += loss * targets  # the epoch's loss: a mean over all its targets
         total_correct += correct
+        counted += targets
         seen += batch.real
         progress.on_step({"epoch": epoch, "step": step_no, "loss": loss,
-                          "accuracy": correct / batch.real,
+                          "accuracy": correct / max(targets, 1.0),
                           "samples_per_s": seen / max(time.perf_counter() - started, 1e-9)})
-    return total_loss / seen, total_correct / seen, step_no
+    counted = max(counted, 1.0)
+    return total_loss / counted, total_correct / counted, step_no
 
 
 def diverged(loss: float, epoch: int, step_no: int, checkpoint) -> RunError:

@@ -3,10 +3,12 @@
 Every loss is a mean over the real rows of the batch: `mask` [B] is 1 for a real sample and 0
 for a padding row, so a padded last batch gives the same loss and gradients as the bare one.
 
-- cross_entropy: labels int64 [B]; the output is read as logits, or, when the output node is a
-  probability output (a softmax: Layer.probability_output), its input is (LogSoftmax +
-  GatherElements: stable, and every host runs them).
-  d loss / d logits = (softmax(logits) - onehot(label)) * mask / count.
+- cross_entropy (torch's F.cross_entropy): logits [B, C] with labels int64 [B], or per pixel
+  logits [B, C, *S] with labels [B, *S]; the output is read as logits, or, when the output
+  node is a probability output (a softmax: Layer.probability_output), its input is (LogSoftmax
+  + GatherElements: stable, and every host runs them). The mean runs over the counted targets:
+  those of real rows whose label is not the ignore index (spec/training.py ignored_label).
+  d loss / d logits = (softmax(logits) - onehot(label)) * counted / count.
 - mse: labels shaped like the output; the mean of (y - t)^2 over the real rows' elements.
   d loss / d y = 2 (y - t) * mask / (count * elements per row).
 """
@@ -14,9 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import CompileError
 from ..graph import CheckedGraph
-from ..layers.base import fmt_shape, product
+from ..layers.base import product
+from ..spec.training import ignored_label
 from .autodiff import TrainEmitter
 
 LOSSES = ("cross_entropy", "mse")
@@ -27,9 +32,15 @@ class LossValues:
     loss: str  # float scalar
     correct: str | None  # int64 scalar (classification only)
     seeds: dict[str, str]  # value -> d loss / d value
+    # int64 scalar: how many targets the loss and `correct` count, where that is not the
+    # number of real rows (per-pixel targets, an ignore_index); None otherwise
+    counted: str | None = None
 
 
-def build_loss(g: TrainEmitter, checked: CheckedGraph, kind: str, labels: str) -> LossValues:
+def build_loss(g: TrainEmitter, checked: CheckedGraph, kind: str, labels: str,
+               ignore_index: int | None = None) -> LossValues:
+    """The loss of the network's one output; `ignore_index` is the spec's setting (None: the
+    default for the output's shape, spec/training.py ignored_label)."""
     if kind not in LOSSES:
         raise CompileError(f"unknown loss '{kind}'", expected=" or ".join(LOSSES), received=kind)
     if len(checked.outputs) != 1:
@@ -39,19 +50,16 @@ def build_loss(g: TrainEmitter, checked: CheckedGraph, kind: str, labels: str) -
     out = checked.outputs[0]
     if kind == "mse":
         return mse(g, out, checked.shape_of(out), labels)
-    return cross_entropy(g, *logits_of(checked, out), labels)
+    logits, shape = logits_of(checked, out)
+    return cross_entropy(g, logits, shape, labels, ignored_label(ignore_index, shape))
 
 
 def logits_of(checked: CheckedGraph, out: str) -> tuple[str, tuple]:
+    """The value read as logits [N, C, *spatial] (a softmax output's input), and its shape."""
     name = out
     if out not in checked.inputs and checked.node(out).layer.probability_output:
         name = checked.node(out).inputs[0]
-    shape = checked.shape_of(name)
-    if len(shape) != 1:
-        raise CompileError("cross_entropy needs class scores shaped [N, classes]",
-                           node=out, received=fmt_shape(shape),
-                           hint="end the network with global pooling or flatten + linear")
-    return name, shape
+    return name, checked.shape_of(name)
 
 
 def real_rows(g: TrainEmitter) -> str:
@@ -59,21 +67,41 @@ def real_rows(g: TrainEmitter) -> str:
     return g.op("Max", [g.op("ReduceSum", [g.batch_mask], keepdims=0), g.scalar(1.0)])
 
 
-def cross_entropy(g: TrainEmitter, logits: str, shape: tuple, labels: str) -> LossValues:
-    mask = g.batch_mask
+def cross_entropy(g: TrainEmitter, logits: str, shape: tuple, labels: str,
+                  ignore: int | None = None) -> LossValues:
+    """Mean over the counted targets (real rows, targets not equal to `ignore`) of
+    -log softmax(logits)[target] along axis 1; logits [B, C, *S], labels [B, *S]."""
+    weight = target_weights(g, labels, len(shape) - 1, ignore)  # [B, *S]: 1 counted, else 0
+    summed_weight = g.op("ReduceSum", [weight], keepdims=0)
+    count = g.op("Max", [summed_weight, g.scalar(1.0)])  # no target counted: loss 0, not NaN
+    safe = labels if ignore is None else \
+        g.op("Where", [g.op("Equal", [labels, g.ints([ignore])]), g.ints([0]), labels])
+    column = g.op("Unsqueeze", [safe, g.ints([1])])
     logp = g.op("LogSoftmax", [logits], axis=1)
-    column = g.op("Unsqueeze", [labels, g.ints([1])])
-    picked = g.op("Reshape", [g.op("GatherElements", [logp, column], axis=1), g.ints([-1])])
-    count = real_rows(g)
-    summed = g.op("ReduceSum", [g.op("Mul", [picked, mask])],
-                  keepdims=0)
+    picked = g.op("Squeeze", [g.op("GatherElements", [logp, column], axis=1), g.ints([1])])
+    summed = g.op("ReduceSum", [g.op("Mul", [picked, weight])], keepdims=0)
     loss = g.op("Neg", [g.op("Div", [summed, count])])
-    onehot = g.op("Cast", [g.op("Equal", [column, g.ints(range(shape[0]))])], to=g.FLOAT)
-    weight = g.op("Div", [g.op("Unsqueeze", [mask, g.ints([1])]), count])
-    grad = g.op("Mul", [g.op("Sub", [g.op("Exp", [logp]), onehot]), weight])
+    classes = g.array("classes", np.arange(shape[0]).reshape([-1] + [1] * (len(shape) - 1)))
+    onehot = g.op("Cast", [g.op("Equal", [column, classes])], to=g.FLOAT)
+    scale = g.op("Unsqueeze", [g.op("Div", [weight, count]), g.ints([1])])
+    grad = g.op("Mul", [g.op("Sub", [g.op("Exp", [logp]), onehot]), scale])
     hits = g.op("Equal", [g.op("ArgMax", [logits], axis=1, keepdims=0), labels])
-    correct = g.op("ReduceSum", [g.op("Mul", [g.op("Cast", [hits], to=g.FLOAT), mask])], keepdims=0)
-    return LossValues(loss, g.op("Cast", [correct], to=g.INT64), {logits: grad})
+    correct = g.op("ReduceSum", [g.op("Mul", [g.op("Cast", [hits], to=g.FLOAT), weight])],
+                   keepdims=0)
+    counted = None if ignore is None and len(shape) == 1 else \
+        g.op("Cast", [summed_weight], to=g.INT64)
+    return LossValues(loss, g.op("Cast", [correct], to=g.INT64), {logits: grad}, counted)
+
+
+def target_weights(g: TrainEmitter, labels: str, spatial: int, ignore: int | None) -> str:
+    """[B, *S] float: the batch mask on every target of a row, 0 where the label is `ignore`."""
+    mask = g.batch_mask
+    if spatial:
+        mask = g.op("Reshape", [mask, g.ints([-1] + [1] * spatial)])
+    if ignore is None:
+        return mask if not spatial else g.op("Expand", [mask, g.op("Shape", [labels])])
+    kept = g.op("Cast", [g.op("Not", [g.op("Equal", [labels, g.ints([ignore])])])], to=g.FLOAT)
+    return g.op("Mul", [kept, mask])
 
 
 def mse(g: TrainEmitter, out: str, shape: tuple, target: str) -> LossValues:

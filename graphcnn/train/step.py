@@ -1,12 +1,15 @@
 """One ONNX model for a whole training step: forward (training mode), loss, backward and the
 optimizer update, run by a stock onnxruntime InferenceSession.
 
-Inputs: the network input [B, ...], `labels`, `mask` [B] (1 real row, 0 padding), `lr` (float
+Inputs: the network input [B, ...], `labels` (cross_entropy: int64 [B] for class scores
+[B, C], [B, *S] for per-pixel scores [B, C, *S]), `mask` [B] (1 real row, 0 padding), `lr` (float
 scalar), `step` (int64 scalar, 1-based; Adam's bias correction), then every carried tensor:
 trainable parameters (`conv1.weight`) and state (optimizer moments `conv1.weight.m`, batchnorm
-running statistics `bn1.running_mean`). Outputs: `loss` (mean over the real rows), `correct`
-(classification: int64 count of real rows whose argmax is the label) and `<name>.new` for every
-carried name, to feed back as `<name>` on the next step.
+running statistics `bn1.running_mean`). Outputs: `loss` (mean over the real rows' targets), `correct`
+(classification: int64 count of counted targets whose argmax is the label), `counted` (int64:
+how many targets the loss averaged, when per-pixel targets or an ignore_index make that differ
+from the real rows) and `<name>.new` for every carried name, to feed back as `<name>` on the
+next step.
 Dropout masks in training are a deterministic function of `step`, the node and the element
 (layers/activation.py), so a run is reproducible on any host and across a resume.
 """
@@ -57,7 +60,7 @@ class TrainingStep:
 def build_training_step(checked: CheckedGraph, *, batch: int, loss: str = "cross_entropy",
                         optimizer: str = "sgd", momentum: float = 0.0, weight_decay: float = 0.0,
                         betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                        opset: int | None = None) -> TrainingStep:
+                        ignore_index: int | None = None, opset: int | None = None) -> TrainingStep:
     cfg = OptimConfig(optimizer, momentum, weight_decay, tuple(betas), eps)
     cfg.validate()
     if batch < 1:
@@ -69,10 +72,11 @@ def build_training_step(checked: CheckedGraph, *, batch: int, loss: str = "cross
     checked = checked.reaching_outputs()  # layers the loss cannot see are not trained
     g = TrainEmitter(mask="mask", step="step")
     forward(g, checked)
-    values = losses.build_loss(g, checked, loss, "labels")
+    values = losses.build_loss(g, checked, loss, "labels", ignore_index)
     grads = backward(g, checked, values.seeds)
     params, state, new = carry_updates(g, checked, cfg, grads)
-    outputs = {"loss": values.loss, **({"correct": values.correct} if values.correct else {}),
+    metrics = {"loss": values.loss, "correct": values.correct, "counted": values.counted}
+    outputs = {**{k: v for k, v in metrics.items() if v is not None},
                **{f"{n}.new": new[n] for n in params + state}}
     model = assemble(g, checked, batch, data, loss, params + state, outputs, opset)
     return TrainingStep(model, batch, data, params=params, state=state, outputs=list(outputs),
@@ -116,7 +120,7 @@ def assemble(g: TrainEmitter, checked: CheckedGraph, batch: int, data: str, loss
              carried: list[str], outputs: dict[str, str], opset: int | None) -> onnx.ModelProto:
     shapes = carried_shapes(checked)
     out_shape = checked.shape_of(checked.outputs[0])
-    label = helper.make_tensor_value_info("labels", TensorProto.INT64, [batch]) \
+    label = helper.make_tensor_value_info("labels", TensorProto.INT64, [batch, *out_shape[1:]]) \
         if loss == "cross_entropy" else float_info("labels", [batch, *out_shape])
     inputs = [float_info(data, [batch, *checked.inputs[data]]), label,
               float_info("mask", [batch]), float_info("lr", []),
@@ -153,7 +157,7 @@ def float_info(name: str, shape) -> onnx.ValueInfoProto:
 
 
 def scalar_info(name: str) -> onnx.ValueInfoProto:
-    kind = TensorProto.INT64 if name == "correct" else TensorProto.FLOAT
+    kind = TensorProto.INT64 if name in ("correct", "counted") else TensorProto.FLOAT
     return helper.make_tensor_value_info(name, kind, [])
 
 

@@ -44,18 +44,28 @@ def evaluation_model(checked) -> onnx.ModelProto:
     return model
 
 
-def prediction_loss(outputs: np.ndarray, y: np.ndarray, loss: str, probabilities: bool):
-    """Per-row loss and correctness for the model's output. A probability output is read as
-    probabilities (cross-entropy is -log p_y); any other output as logits."""
+def prediction_loss(outputs: np.ndarray, y: np.ndarray, loss: str, probabilities: bool,
+                    ignore: int | None = None) -> tuple[float, int, int]:
+    """(summed loss, correct targets, counted targets) of the model's outputs for labels y.
+    mse: one target per row (its mean squared error; nothing is correct). cross_entropy: one
+    target per row, or per pixel for outputs [N, C, *S] and labels [N, *S], leaving out labels
+    equal to `ignore`; a probability output is read as probabilities (the loss is -log p_y),
+    any other output as logits."""
     rows = len(outputs)
-    flat = outputs.reshape(rows, -1).astype(np.float64)
     if loss == "mse":
-        diff = flat - y.reshape(rows, -1)
-        return np.mean(diff * diff, axis=1), np.zeros(rows)
+        diff = outputs.reshape(rows, -1).astype(np.float64) - y.reshape(rows, -1)
+        return float(np.mean(diff * diff, axis=1).sum()), 0, rows
+    labels = y.reshape(outputs.shape[:1] + outputs.shape[2:])
+    valid = np.ones(labels.shape, bool) if ignore is None else labels != ignore
+    logp = log_probabilities(outputs.astype(np.float64), probabilities)
+    picked = np.take_along_axis(logp, np.where(valid, labels, 0)[:, None], axis=1)[:, 0]
+    hits = (outputs.argmax(axis=1) == labels) & valid
+    return float(-picked[valid].sum()), int(hits.sum()), int(valid.sum())
+
+
+def log_probabilities(outputs: np.ndarray, probabilities: bool) -> np.ndarray:
+    """log p along axis 1, of probabilities or of logits (a stable log-softmax)."""
     if probabilities:
-        logp = np.log(np.clip(flat, 1e-30, None))
-    else:
-        shifted = flat - flat.max(axis=1, keepdims=True)
-        logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    losses = -logp[np.arange(rows), y]
-    return losses, (flat.argmax(axis=1) == y).astype(np.float64)
+        return np.log(np.clip(outputs, 1e-30, None))
+    shifted = outputs - outputs.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
