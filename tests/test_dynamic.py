@@ -148,3 +148,35 @@ def export_to_file_for(spec, out):
 
     loaded = load_spec(spec)
     return export_to_file(check_spec(loaded), loaded.to_yaml(), ExportOptions(dynamic=("H", "W")), out)
+
+
+SHUFFLE = """
+name: view
+inputs: {image: [4, H, W]}
+nodes:
+  - {id: c1, op: conv2d, channels: 4, kernel: 3, padding: 1}
+  - {id: halves, op: reshape, shape: [2, -1, 0]}
+  - {id: c2, op: conv2d, channels: 3, kernel: 1}
+  - {id: flat, op: reshape, shape: [0, -1]}
+  - {id: c3, op: conv1d, channels: 2, kernel: 1}
+"""
+
+
+def test_reshape_with_zero_and_minus_one_stays_dynamic(tmp_path):
+    """A reshape written with 0 (copy the axis) and -1 (the rest) lowers to the same ONNX at
+    every size, so it does not pin H, W: one model runs at two sizes like the static ones."""
+    (tmp_path / "view.yaml").write_text(SHUFFLE)
+    assert main(["compile", str(tmp_path / "view.yaml"), "--dynamic", "H,W",
+                 "-o", str(tmp_path / "d.onnx")]) == 0
+    model = onnx.load(str(tmp_path / "d.onnx"))
+    assert dims(model.graph.input[0]) == ["N", 4, "H", "W"]
+    rng = np.random.default_rng(0)
+    for h, w in ((6, 5), (9, 12)):
+        x = rng.standard_normal((2, 4, h, w)).astype(np.float32)
+        (y,) = ort_run(model, {"image": x})
+        static = tmp_path / f"s{h}.yaml"
+        static.write_text(SHUFFLE.replace("[4, H, W]", f"[4, {h}, {w}]"))
+        assert main(["compile", str(static), "-o", str(tmp_path / f"s{h}.onnx")]) == 0
+        (want,) = ort_run(onnx.load(str(tmp_path / f"s{h}.onnx")), {"image": x})
+        assert y.shape == want.shape == (2, 2, 2 * h * w)
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)

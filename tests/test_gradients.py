@@ -262,6 +262,14 @@ def test_reshape_permute():
     check_gradients(nodes, {"x": [2, 3, 4]})
 
 
+def test_reshape_with_copied_axes():
+    """0 copies an axis, -1 takes the rest: [4, 3, 4] -> [2, 6, 4] -> [2, 24]."""
+    nodes = [PRE2, {"op": "reshape", "shape": [2, -1, 0]},
+             {"id": "c", "op": "conv2d", "channels": 2, "kernel": [1, 3]},
+             {"op": "reshape", "shape": [0, -1]}]
+    check_gradients(nodes, {"x": [2, 3, 4]})
+
+
 def test_dropout():
     """The mask is fixed for a given step, so finite differences see the same function."""
     check_gradients([PREF, {"op": "dropout", "rate": 0.3}, {"id": "post", "op": "linear",

@@ -119,3 +119,25 @@ def test_reference_evaluator_agrees_with_onnxruntime():
     assert y.shape == (3, 10, 6)
     ref = ReferenceEvaluator(model).run(None, {"x": x})[0]
     np.testing.assert_allclose(ref, y, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, target, want", [
+    ([4, 3, 5], [2, -1, 0], [2, 6, 5]), ([4, 3, 5], [0, -1], [4, 15]),
+    ([2, 2, 3, 4], [0, 2, -1, 0], [2, 2, 3, 4]), ([6, 2], [0, 0], [6, 2])])
+def test_reshape_zero_copies_the_axis(shape, target, want):
+    """0 = the input's size on that axis, -1 = the rest (ONNX Reshape with allowzero 0): the
+    same row-major view as numpy's reshape to the resolved sizes; onnx's reference
+    evaluator (written from the operator spec) agrees."""
+    model, x, y = compiled(shape, {"op": "reshape", "shape": target})
+    np.testing.assert_array_equal(y, x.reshape(len(x), *want))
+    np.testing.assert_array_equal(ReferenceEvaluator(model).run(None, {"x": x})[0], y)
+
+
+def test_reshape_zero_needs_an_input_axis():
+    with pytest.raises(ShapeError, match=r"reshape's 0 copies the input's size on the same "
+                                         r"axis.*expected 0 only in the first 2 places"):
+        check_spec(spec([3, 4], {"op": "reshape", "shape": [2, -1, 0]}))
+    with pytest.raises(ShapeError, match=r"reshape cannot make \[0, 5\] from 12 elements"):
+        check_spec(spec([3, 4], {"op": "reshape", "shape": [0, 5]}))
+    with pytest.raises(ShapeError, match=r"sizes of at least 1, 0 \(copy\) and at most one -1"):
+        check_spec(spec([3, 4], {"op": "reshape", "shape": [-2, 6]}))

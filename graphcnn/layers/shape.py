@@ -1,8 +1,10 @@
 """Reshape and permute: rearrange the non-batch axes without computing anything.
 
-- reshape: `shape` lists the sizes without the batch axis; one -1 takes what is left. The
-  element count must match. Lowered with the concrete sizes (known from the checker) and -1 for
-  the batch, so the model keeps a free batch size.
+- reshape: `shape` lists the sizes without the batch axis; a 0 copies the input's size on the
+  same axis (0 = channels), one -1 takes what is left (ONNX Reshape's rule, allowzero 0). The
+  element count must match. Lowered with the spec's own sizes and 0 for the batch, so a 0 or
+  -1 keeps following the input's size: the model keeps a free batch and, under `--dynamic`,
+  free spatial sizes (`[0, -1]` flattens the spatial axes of any size).
 - permute: `perm` is a permutation of the non-batch axes, 0-based (0 = channels):
   out[i] = in[perm[i]]; ONNX Transpose with perm [0, perm+1...].
 Both may move positions across axes, so the receptive field is reported as the whole input.
@@ -17,16 +19,22 @@ from .base import GLOBAL, Layer, Shape, fmt_shape, product, register
 
 @register
 class Reshape(Layer):
-    """View the non-batch axes with another shape (same number of elements)."""
+    """View the non-batch axes with another shape (same number of elements): 0 copies the
+    input's size on that axis, one -1 takes what is left."""
     op: Literal["reshape"] = "reshape"
     draw_family: ClassVar[str] = "dense"
     shape: list[int]
 
     def infer(self, shapes: list[Shape]) -> Shape:
         x, want = shapes[0], list(self.shape)
-        if not want or want.count(-1) > 1 or any(d < 1 and d != -1 for d in want):
-            raise ShapeError("reshape shape needs sizes of at least 1 and at most one -1",
-                             received=str(want))
+        if not want or want.count(-1) > 1 or any(d < -1 for d in want):
+            raise ShapeError("reshape shape needs sizes of at least 1, 0 (copy) and at most "
+                             "one -1", received=str(want))
+        if len(x) <= max((i for i, d in enumerate(want) if d == 0), default=-1):
+            raise ShapeError("reshape's 0 copies the input's size on the same axis, which "
+                             "this input does not have", expected=f"0 only in the first "
+                             f"{len(x)} places", received=f"{fmt_shape(x)} -> {self.shape}")
+        want = [x[i] if d == 0 else d for i, d in enumerate(want)]
         count, known = product(x), product(d for d in want if d != -1)
         if -1 in want and count % known == 0:
             want[want.index(-1)] = count // known
@@ -40,10 +48,11 @@ class Reshape(Layer):
         return GLOBAL
 
     def lower(self, g, xs, shapes, out):
-        return g.op("Reshape", [xs[0], g.ints([-1, *out])])
+        return g.op("Reshape", [xs[0], g.ints([0, *self.shape])])
 
     def vjp(self, g, xs, shapes, out, y, dy):
-        return [g.op("Reshape", [dy, g.ints([-1, *shapes[0]])])], {}
+        """dy back to the input's shape, read at run time (no size written in)."""
+        return [g.op("Reshape", [dy, g.op("Shape", [xs[0]])])], {}
 
 
 @register
