@@ -1,16 +1,17 @@
-"""Stochastic depth (drop_path): the output shape is the input shape, no parameters.
+"""Stochastic depth (drop_path) and channel dropout (dropout1d/2d/3d): the output shape is
+the input shape, no parameters.
 
-Dropout itself lives with the activations (activation.py); both are activation.RandomMask,
+Dropout itself lives with the activations (activation.py); all are activation.RandomMask,
 whose training masks are a function of (training step, node id, index) only.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from .activation import RandomMask
-from .base import register
+from .base import Shape, need_rank, register
 
 
 @register
@@ -28,3 +29,44 @@ class DropPath(RandomMask):
         """One draw per sample, the mask shaped [N, 1, ...]."""
         batch = g.op("Squeeze", [g.op("Shape", xs, start=0, end=1)])
         return batch, g.ints([-1] + [1] * len(shapes[0]))
+
+
+class ChannelDropout(RandomMask):
+    """Channel dropout, as torch.nn.Dropout1d/2d/3d: in training each channel of each sample
+    (a whole feature map) is zeroed with probability `rate` and the kept ones are scaled by
+    1/(1 - rate); the identity at inference. Map (n, c)'s mask is a function of (training
+    step, node id, n * C + c). Shape rule: out = in, which must be [N, C, *spatial] with
+    `spatial_rank` spatial axes. Backward: dx = dy times the same mask."""
+    rate: float = Field(0.5, ge=0, lt=1)  # at 1 every map drops and the rest scale by 1/0
+    spatial_rank: ClassVar[int]
+
+    def infer(self, shapes: list[Shape]) -> Shape:
+        need_rank(self, shapes[0], (self.spatial_rank + 1,),
+                  "an input with channels and spatial axes")
+        return shapes[0]
+
+    def mask_layout(self, g, xs, shapes):
+        """One draw per (sample, channel), the mask shaped [N, C, 1, ...]."""
+        count = g.op("ReduceProd", [g.op("Shape", xs, start=0, end=2)], keepdims=0)
+        return count, g.ints([-1, shapes[0][0]] + [1] * self.spatial_rank)
+
+
+@register
+class Dropout1d(ChannelDropout):
+    """Channel dropout of [N, C, L] (torch.nn.Dropout1d)."""
+    op: Literal["dropout1d"] = "dropout1d"
+    spatial_rank: ClassVar[int] = 1
+
+
+@register
+class Dropout2d(ChannelDropout):
+    """Channel dropout of [N, C, H, W] (torch.nn.Dropout2d)."""
+    op: Literal["dropout2d"] = "dropout2d"
+    spatial_rank: ClassVar[int] = 2
+
+
+@register
+class Dropout3d(ChannelDropout):
+    """Channel dropout of [N, C, D, H, W] (torch.nn.Dropout3d)."""
+    op: Literal["dropout3d"] = "dropout3d"
+    spatial_rank: ClassVar[int] = 3
