@@ -8,3 +8,4 @@ from . import draw  # noqa: F401
 from . import sizes  # noqa: F401
 from . import lint  # noqa: F401
 from . import train  # noqa: F401
+from . import predict  # noqa: F401

@@ -9,7 +9,10 @@ from .registry import command, configure
 
 @command("check", "validate a spec: wiring, shapes, parameter counts")
 def cmd_check(args) -> int:
+    from ..spec.labels import checked_labels
+
     checked = check_spec(args.spec, limits(args))
+    checked_labels(checked)  # the labels: file reads, and names each class of the first output
     for warning in checked.warnings:
         out(warning)
     out(f"{args.spec}: ok: {len(checked.nodes)} nodes, {checked.total_params:,} parameters, "

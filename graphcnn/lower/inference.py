@@ -15,6 +15,7 @@ from ..gcpause import gc_paused
 from ..layers import Param, Shape
 from .emitter import Emitter
 from .initial_values import initial_value
+from .metadata import checked_metadata
 from .opset import choose_opset
 from .walk import inference, lower_nodes, portable_for
 
@@ -46,6 +47,7 @@ def lower(checked: CheckedGraph, *, seed: int = 0, opset: int | None = None,
     meta = {"graphcnn_version": __version__, "seed": str(seed)}
     if spec_text is not None:
         meta["graphcnn_spec"] = spec_text
+        meta.update(checked_metadata(checked))  # preprocess: and labels:, how to feed it
     helper.set_model_props(model, meta)
     return model
 
