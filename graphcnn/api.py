@@ -36,11 +36,34 @@ def compile_spec(source, *, seed: int = 0, opset: int | None = None, batch: int 
 def model_for(source: str | Path | NetworkSpec):
     """An ONNX ModelProto to run: a spec (a NetworkSpec, or a .yaml/.yml path) is compiled in
     memory; any other path is read as an ONNX model and checked (runtime.load_model)."""
+    return model_with_weights(source)[0]
+
+
+def model_with_weights(source: str | Path | NetworkSpec, weights: str | Path | None = None, *,
+                       weights_map: str | None = None, weights_key: str | None = None,
+                       partial: bool = False) -> tuple:
+    """model_for, with a checkpoint's weights loaded (through the spec's name maps): into the
+    spec as it is compiled, or into a graphcnn model's parameters (the spec it carries gives
+    the ids and maps). Returns (ModelProto, the load report's lines)."""
     from .runtime import existing_file, load_model
 
     if isinstance(source, NetworkSpec) or str(source).endswith((".yaml", ".yml")):
-        return compile_spec(source)
-    return load_model(existing_file(source))
+        if weights is None:
+            return compile_spec(source), []
+        from .deploy.export import ExportOptions, export
+
+        spec = load_spec(source)
+        opts = ExportOptions(weights=str(weights), weights_map=weights_map,
+                             weights_key=weights_key, partial=partial)
+        return export(check(spec), spec.to_yaml(), opts)
+    model = load_model(existing_file(source))
+    if weights is None:
+        return model, []
+    from .deploy.weights import load_into_model
+
+    report = load_into_model(model, weights, weights_map=weights_map, weights_key=weights_key,
+                             partial=partial)
+    return model, report.lines()
 
 
 def training_job(source: str | Path | NetworkSpec, output: str | Path, *,

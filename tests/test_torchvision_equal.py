@@ -1,13 +1,14 @@
 """Shipped specs equal their torchvision models, weight for weight (tools/torchvision_check.py).
 
-For every spec with a name map (tools/torchvision_maps/<name>.yaml): torchvision's model, with
-random batchnorm statistics and constant-initialised parameters, is copied into the spec by the
-map, and the two give the same output (max |ours - torch| / max |torch| < 1e-5) at the end and
-at the map's probe node. Inputs at the map's `size` when it gives one, else the spec's own;
+For every spec with a case (tools/torchvision_cases/<name>.yaml): torchvision's model, with
+random batchnorm statistics and constant-initialised parameters, is saved with torch.save and
+loaded into the spec by graphcnn's importer through the spec's `weights: torchvision` map, and
+the two give the same output (max |ours - torch| / max |torch| < 1e-5) at the end and at the
+case's probe node. Inputs at the case's `size` when it gives one, else the spec's own;
 specs over 20M parameters checked at their own size are slow (their weights alone take
 seconds to copy, write and compile). Skipped without torch and torchvision, which are not
-dependencies of graphcnn (README.md: "Checking against torchvision"). The map files' own rules
-are checked without torch.
+dependencies of graphcnn (README.md: "Checking against torchvision"). The maps themselves are
+checked without torch in tests/test_weights_import.py.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import importlib.util
 import re
 import sys
 
-import numpy as np
 import pytest
 
 from conftest import ROOT, SPECS
@@ -34,7 +34,7 @@ def _tool():
 
 
 tool = _tool()
-NAMES = tool.mapped_names()
+NAMES = tool.case_names()
 
 
 def parameters(name: str) -> int:
@@ -50,7 +50,7 @@ def parameters(name: str) -> int:
 
 
 def case(name: str):
-    slow = tool.read_map(name).size is None and parameters(name) > BIG
+    slow = tool.read_case(name).size is None and parameters(name) > BIG
     return pytest.param(name, marks=[pytest.mark.slow] if slow else [])
 
 
@@ -66,7 +66,10 @@ def tv():
 @pytest.mark.parametrize("name", [case(n) for n in NAMES])
 def test_spec_equals_torchvision(tv, name):
     result = tool.check(name, tolerance=TOLERANCE, tv=tv)
+    print(result.load_report)
     print(result.line())
+    assert result.load_report.startswith("loaded ") and \
+        "(map: torchvision)" in result.load_report, result.load_report
     assert result.torch_params == result.spec_params, result.line()
     assert result.output_diff < TOLERANCE, result.line()
     assert result.probe is None or result.probe_diff < TOLERANCE, result.line()
@@ -88,47 +91,3 @@ def test_deeplab_equals_torchvision_where_every_atrous_rate_reaches_past_the_cen
     result = tool.check("deeplabv3_resnet50", size=(300, 316), tolerance=TOLERANCE, tv=tv)
     print(result.line())
     assert result.ok, result.line()
-
-
-# ---- the map files themselves (no torch needed) ----------------------------------------------
-
-@pytest.mark.parametrize("name", NAMES)
-def test_map_names_a_shipped_spec_and_parses(name):
-    assert (SPECS / f"{name}.yaml").is_file(), f"tools/torchvision_maps/{name}.yaml has no spec"
-    name_map = tool.read_map(name)
-    assert name_map.rules, "a map needs rules"
-    assert name_map.target("stage1.layer.0.bn.num_batches_tracked") == ""
-
-
-def _map(rules, skip=()):
-    return tool.NameMap([(re.compile(a), b) for a, b in rules], [re.compile(s) for s in skip])
-
-
-def test_rules_first_match_wins_skip_and_size_one_axes():
-    name_map = _map([(r"^layer(\d)\.(\d+)\.downsample\.0\.", r"stage\1.block\2.add.project."),
-                     (r"^layer(\d)\.(\d+)\.", r"stage\1.block\2."), (r"^gamma$", "ls.init")],
-                    skip=[r"\.num_batches_tracked$"])
-    state = {"layer2.0.downsample.0.weight": np.ones((4, 2, 1, 1)),
-             "layer2.0.conv1.weight": np.zeros((4, 2, 3, 3)),
-             "layer2.0.bn1.num_batches_tracked": np.array(3),
-             "gamma": np.full((4, 1, 1), 2.0)}
-    expected = {"stage2.block0.add.project.weight": (4, 2, 1, 1),
-                "stage2.block0.conv1.weight": (4, 2, 3, 3), "ls.init": (4,)}
-    arrays = tool.spec_arrays(state, name_map, expected)
-    assert {k: v.shape for k, v in arrays.items()} == expected
-    assert arrays["stage2.block0.add.project.weight"].sum() == 8 and arrays["ls.init"][0] == 2
-
-
-def test_a_map_that_does_not_fit_lists_every_problem():
-    name_map = _map([(r"^layer(\d)\.", r"stage\1."), (r"^fc\.", "head.")])
-    state = {"layer1.weight": np.zeros((3, 3)), "conv1.weight": np.zeros(2),
-             "fc.weight": np.zeros(5), "layer2.weight": np.zeros((2, 2))}
-    expected = {"stage1.weight": (3, 3), "stage2.weight": (2, 3), "stem.weight": (2,)}
-    with pytest.raises(tool.MapError) as info:
-        tool.spec_arrays(state, name_map, expected)
-    text = str(info.value)
-    for piece in ["keys no rule maps (1): conv1.weight",
-                  "keys mapped to no spec parameter (1): fc.weight -> head.weight",
-                  "shapes that differ (1): layer2.weight [2, 2] -> stage2.weight [2, 3]",
-                  "spec parameters no key fills (2): stage2.weight, stem.weight"]:
-        assert piece in text, text

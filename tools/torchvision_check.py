@@ -4,34 +4,22 @@
 
 For each NAME: build torchvision's model (weights=None, no download), give every batchnorm
 random running statistics and every constant-initialised parameter (norm affine parameters,
-zero biases, layer scales) random values from a seeded generator, eval(); rename its
-state_dict to spec ids by `tools/torchvision_maps/NAME.yaml`, write the .npz, compile
-`specs/NAME.yaml` with those weights (`compile --weights`, through graphcnn's API), run both on
-the same seeded random input and print max |ours - torch| / max |torch| at the final output
-and at an early node (the map's probe). Exit 0 when every NAME is within --tolerance, 1 when
-one is not (or its map does not fit), 2 when torch/torchvision cannot be imported.
+zero biases, layer scales) random values from a seeded generator, eval(); save its state_dict
+with torch.save (the layout of torchvision's published checkpoints), compile `specs/NAME.yaml`
+with that file as `compile --weights` does (graphcnn's own checkpoint reader and the spec's
+`weights: torchvision` map: the path a user's downloaded checkpoint takes), run both on the
+same seeded random input and print max |ours - torch| / max |torch| at the final output and at
+an early node (the case's probe). Exit 0 when every NAME is within --tolerance, 1 when one is
+not (or its checkpoint does not load), 2 when torch/torchvision cannot be imported.
 
-The map file (a later weights importer reads the same rules):
+What the check needs besides the spec is its case file, `tools/torchvision_cases/NAME.yaml`:
 
-    # torchvision resnet18 state_dict keys -> graphcnn spec ids (in order, first match wins)
-    rules:
-      - ['^conv1\\.', 'stem.conv.']
-      - ['^layer(\\d)\\.(\\d+)\\.downsample\\.0\\.', 'stage\\1.block\\2.add.project.']
-    skip: ['\\.num_batches_tracked$']
     probe: {torch: layer1, spec: stage1}   # optional: a torch module, a spec node (or block)
     builder: resnet18                      # optional: the torchvision builder (default NAME)
     kwargs: {}                             # optional: its keyword arguments besides weights
     size: [64, 64]                         # optional: the input size the check uses
-    reshape: [['\\.layer_scale\\.weight$', [-1]]]  # optional: [regex on the spec id, shape]
 
-A rule is [regex, replacement] (Python `re`: `\\1` is group 1); the first rule whose regex
-matches a key (re.search) rewrites that match once, and the result is the spec id. Keys
-matching a `skip` pattern are dropped. Every other key must match a rule and land on a spec
-parameter, and every spec parameter must be filled; what does not fit is listed. Shapes that
-differ only by size-1 axes are reshaped (ConvNeXt's layer scale [C, 1, 1] -> [C]), and so is
-an array whose spec id matches a `reshape` regex (to that shape, -1 allowed).
-
-Input size: --size, else the map's `size`, else the spec's own input shape. Specs whose input
+Input size: --size, else the case's `size`, else the spec's own input shape. Specs whose input
 size is free (global pooling, `resize like:` the input) are compiled at that size in memory;
 with --dynamic the spec is compiled at its own size with symbolic spatial axes (`compile
 --dynamic`) and that model runs at the size.
@@ -46,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import re
 import sys
 import tempfile
 import time
@@ -59,7 +46,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing graphcnn
 SPECS = ROOT / "specs"
-MAPS = ROOT / "tools" / "torchvision_maps"  # name maps: data of this tool, not specs
+CASES = ROOT / "tools" / "torchvision_cases"  # probe, builder, size: data of this tool
 
 # Keyword arguments per torchvision builder, besides weights=None (and weights_backbone=None
 # where the builder takes it, so nothing is downloaded). A map file's `kwargs` override these.
@@ -80,7 +67,7 @@ class Missing(Exception):
 
 
 class MapError(Exception):
-    """The name map does not carry torchvision's state_dict onto the spec's parameters."""
+    """A case file or a probe that does not fit."""
 
 
 def import_torchvision():
@@ -116,60 +103,32 @@ def import_torchvision():
 
 
 @dataclass
-class NameMap:
-    rules: list[tuple[re.Pattern, str]]
-    skip: list[re.Pattern]
+class Case:
     probe: dict | None = None
     builder: str | None = None
     kwargs: dict = field(default_factory=dict)
     size: tuple[int, ...] | None = None
-    reshape: list[tuple[re.Pattern, tuple[int, ...]]] = field(default_factory=list)
-
-    def target(self, key: str) -> str | None:
-        """The spec id of a state_dict key, '' when skipped, None when no rule matches."""
-        if any(p.search(key) for p in self.skip):
-            return ""
-        for pattern, replacement in self.rules:
-            if pattern.search(key):
-                return pattern.sub(replacement, key, count=1)
-        return None
 
 
-def map_path(name: str) -> Path:
-    return MAPS / f"{name}.yaml"
+def case_names() -> list[str]:
+    """Every spec with a case file."""
+    return sorted(p.stem for p in CASES.glob("*.yaml"))
 
 
-def mapped_names() -> list[str]:
-    """Every spec with a map file."""
-    return sorted(p.stem for p in MAPS.glob("*.yaml"))
-
-
-def read_map(name: str, path: Path | None = None) -> NameMap:
-    path = path or map_path(name)
+def read_case(name: str) -> Case:
+    path = CASES / f"{name}.yaml"
     if not path.is_file():
-        raise MapError(f"no name map for {name}: expected {path.relative_to(ROOT)}")
+        raise MapError(f"no case for {name}: expected {path.relative_to(ROOT)}")
     data = yaml.safe_load(path.read_text()) or {}
-    unknown = set(data) - {"rules", "skip", "probe", "builder", "kwargs", "size", "reshape"}
+    unknown = set(data) - {"probe", "builder", "kwargs", "size"}
     if unknown:
         raise MapError(f"{path.name}: unknown keys {sorted(unknown)}")
-    rules = []
-    for i, rule in enumerate(data.get("rules") or []):
-        if not (isinstance(rule, list) and len(rule) == 2 and all(isinstance(r, str) for r in rule)):
-            raise MapError(f"{path.name}: rule {i} is not [regex, replacement]: {rule!r}")
-        rules.append((re.compile(rule[0]), rule[1]))
     probe = data.get("probe")
     if probe is not None and set(probe) != {"torch", "spec"}:
         raise MapError(f"{path.name}: probe needs exactly `torch` and `spec`: {probe!r}")
-    reshape = []
-    for i, rule in enumerate(data.get("reshape") or []):
-        if not (isinstance(rule, list) and len(rule) == 2 and isinstance(rule[0], str)
-                and isinstance(rule[1], list)):
-            raise MapError(f"{path.name}: reshape {i} is not [regex on the spec id, shape]: {rule!r}")
-        reshape.append((re.compile(rule[0]), tuple(rule[1])))
     size = data.get("size")
-    return NameMap(rules, [re.compile(s) for s in data.get("skip") or []], probe,
-                   data.get("builder"), data.get("kwargs") or {},
-                   tuple(size) if size is not None else None, reshape)
+    return Case(probe, data.get("builder"), data.get("kwargs") or {},
+                tuple(size) if size is not None else None)
 
 
 def build_torchvision(tv, builder: str, kwargs: dict):
@@ -204,50 +163,6 @@ def randomise(model, seed: int) -> None:
     model.eval()
 
 
-def spec_arrays(state: dict, name_map: NameMap, expected: dict[str, tuple]) -> dict[str, np.ndarray]:
-    """torchvision's state_dict (tensors or arrays) as arrays keyed by spec id; MapError lists whatever does not
-    fit (keys no rule maps, keys landing on no spec parameter or twice on one, spec
-    parameters left empty, shapes that differ beyond size-1 axes)."""
-    arrays: dict[str, np.ndarray] = {}
-    sources: dict[str, str] = {}
-    unmatched, unknown, twice, shapes = [], [], [], []
-    for key, tensor in state.items():
-        target = name_map.target(key)
-        if target == "":
-            continue
-        if target is None:
-            unmatched.append(key)
-            continue
-        if target not in expected:
-            unknown.append(f"{key} -> {target}")
-            continue
-        if target in arrays:
-            twice.append(f"{sources[target]} and {key} -> {target}")
-            continue
-        value = np.asarray(tensor.detach().cpu() if hasattr(tensor, "detach") else tensor,
-                           dtype=np.float32)
-        want = tuple(expected[target])
-        for pattern, shape in name_map.reshape:
-            if pattern.search(target) and value.size == int(np.prod(want)):
-                value = value.reshape(shape)
-                break
-        if value.shape != want:
-            if [d for d in value.shape if d != 1] != [d for d in want if d != 1]:
-                shapes.append(f"{key} {list(value.shape)} -> {target} {list(want)}")
-                continue
-            value = value.reshape(want)
-        arrays[target], sources[target] = value, key
-    missing = [k for k in expected if k not in arrays]
-    problems = [(unmatched, "keys no rule maps"), (unknown, "keys mapped to no spec parameter"),
-                (twice, "spec parameters mapped twice"), (shapes, "shapes that differ"),
-                (missing, "spec parameters no key fills")]
-    lines = [f"{what} ({len(items)}): " + ", ".join(items[:8]) + (" ..." if len(items) > 8 else "")
-             for items, what in problems if items]
-    if lines:
-        raise MapError("the name map does not fit:\n  " + "\n  ".join(lines))
-    return arrays
-
-
 @dataclass
 class Result:
     name: str
@@ -261,6 +176,7 @@ class Result:
     tolerance: float
     seconds: float
     dynamic: bool = False
+    load_report: str = ""
 
     @property
     def ok(self) -> bool:
@@ -308,28 +224,27 @@ def sized_spec(spec, size: tuple[int, ...] | None, extra_output: str | None, fin
 
 
 def check(name: str, *, size: tuple[int, ...] | None = None, tolerance: float = 1e-5,
-          seed: int = 0, keep: Path | None = None, tv=None,
-          name_map: NameMap | None = None, dynamic: bool = False) -> Result:
-    """Compare specs/<name>.yaml with torchvision's model through its name map (or
-    `name_map`); MapError when the map does not fit, Missing without torchvision. `dynamic`:
+          seed: int = 0, keep: Path | None = None, tv=None, dynamic: bool = False) -> Result:
+    """Compare specs/<name>.yaml with torchvision's model, loading a torch.save'd state_dict
+    through graphcnn's importer (a DataError when it does not fit), MapError when the case does
+    not fit, Missing without torchvision. `dynamic`:
     compile at the spec's own size with every spatial axis symbolic (`compile --dynamic`), and
     run that one model at `size`."""
     import torch
 
     import graphcnn
     from graphcnn.deploy.export import ExportOptions, export
-    from graphcnn.deploy.weights import expected_weights
     from graphcnn.runtime import session
 
     start = time.perf_counter()
     tv = tv or import_torchvision()
-    name_map = name_map or read_map(name)
+    case = read_case(name)
     spec = graphcnn.load_spec(SPECS / f"{name}.yaml")
     base = graphcnn.check_spec(spec)
-    size = size or name_map.size
+    size = size or case.size
     if size is None and any(not isinstance(d, int) for d in next(iter(spec.inputs.values()))):
         raise MapError(f"{name}'s input is symbolic: give --size (or `size:` in its map)")
-    probe = name_map.probe
+    probe = case.probe
     extra = probe["spec"] if probe else None
     if dynamic:
         from graphcnn.graph.sweep import axis_names
@@ -342,10 +257,9 @@ def check(name: str, *, size: tuple[int, ...] | None = None, tolerance: float = 
     (input_name, shape), = (run_shape if dynamic else checked.inputs).items()
     axes = tuple(axis_names(checked.inputs[input_name])) if dynamic else ()
 
-    model = build_torchvision(tv, name_map.builder or name, name_map.kwargs)
+    model = build_torchvision(tv, case.builder or name, case.kwargs)
     randomise(model, seed)
     torch_params = sum(p.numel() for p in model.parameters())
-    arrays = spec_arrays(model.state_dict(), name_map, expected_weights(checked))
     x = np.random.default_rng(seed).standard_normal((1, *shape)).astype(np.float32)
 
     captured = []
@@ -357,16 +271,15 @@ def check(name: str, *, size: tuple[int, ...] | None = None, tolerance: float = 
             lambda _m, _i, out: captured.append(first_tensor(out).detach().clone()))
     with torch.no_grad():
         theirs = first_tensor(model(torch.from_numpy(x))).numpy()
-    del model
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        npz = folder / f"{name}.npz"
-        np.savez(npz, **arrays)
-        del arrays
-        opts = ExportOptions(weights=str(npz), seed=seed, dynamic=axes)
-        onnx_model, _ = export(checked, spec.to_yaml(), opts)
+        checkpoint = folder / f"{name}.pth"
+        torch.save(model.state_dict(), checkpoint)
+        del model
+        opts = ExportOptions(weights=str(checkpoint), seed=seed, dynamic=axes)
+        onnx_model, notes = export(checked, spec.to_yaml(), opts)
     sess = session(onnx_model)
     del onnx_model
     outputs = sess.run(None, {input_name: x})
@@ -377,13 +290,13 @@ def check(name: str, *, size: tuple[int, ...] | None = None, tolerance: float = 
                               f"{name} probe {probe['torch']} / {probe['spec']}")
     return Result(name, torch_params, checked.total_params, tuple(x.shape), tuple(theirs.shape),
                   output_diff, f"{probe['torch']} = {probe['spec']}" if probe else None,
-                  probe_diff, tolerance, time.perf_counter() - start, dynamic)
+                  probe_diff, tolerance, time.perf_counter() - start, dynamic, notes[0])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", metavar="NAME",
-                        help="specs with a map in tools/torchvision_maps/ (default: all of them)")
+                        help="specs with a case in tools/torchvision_cases/ (default: all of them)")
     parser.add_argument("--size", help="spatial input size, e.g. 64,64 (default: the map's "
                         "`size`, else the spec's)")
     parser.add_argument("--tolerance", type=float, default=1e-5,
@@ -391,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dynamic", action="store_true", help="compile at the spec's own size "
                         "with the spatial axes symbolic (compile --dynamic), run at --size")
-    parser.add_argument("--keep", type=Path, help="keep the weight files (NAME.npz) in this folder")
+    parser.add_argument("--keep", type=Path, help="keep the checkpoints (NAME.pth) in this folder")
     args = parser.parse_args(argv)
     size = tuple(int(v) for v in args.size.split(",")) if args.size else None
     try:
@@ -404,14 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     from graphcnn.errors import GraphCnnError
 
     failed = 0
-    for name in args.names or mapped_names():
+    for name in args.names or case_names():
         try:
             result = check(name, size=size, tolerance=args.tolerance, seed=args.seed,
                            keep=args.keep, tv=tv, dynamic=args.dynamic)
-        except (MapError, GraphCnnError) as exc:  # a map that does not fit, a spec error
+        except (MapError, GraphCnnError) as exc:  # a case or checkpoint that does not fit
             print(f"{name}: {exc}", file=sys.stderr)
             failed += 1
             continue
+        print(result.load_report, flush=True)
         print(result.line(), flush=True)
         failed += not result.ok
     return 1 if failed else 0

@@ -1,7 +1,8 @@
 """Deployment commands: bench and export-weights."""
 from __future__ import annotations
 
-from ..api import model_for
+from ..api import model_for, model_with_weights
+from .args import weights_args, weights_options
 from ..errors import RunError
 from ..runtime import existing_file, load_model
 from .output import out, print_json
@@ -12,7 +13,10 @@ from .registry import command, configure
 def cmd_bench(args) -> int:
     from ..deploy.bench import bench
 
-    models = [model_for(args.model)] + ([model_for(args.compare)] if args.compare else [])
+    model, notes = model_with_weights(args.model, args.weights, **weights_options(args))
+    for note in notes if not args.json else ():
+        out(note)
+    models = [model] + ([model_for(args.compare)] if args.compare else [])
     batches = _batches(args.batches)
     report = bench(models, batches, provider=args.provider, threads=args.threads,
                    repeat=args.repeat, warmup=args.warmup)
@@ -29,6 +33,7 @@ def cmd_bench(args) -> int:
 @configure(cmd_bench)
 def _bench_args(p):
     p.add_argument("model", help="a .onnx model or a spec .yaml")
+    weights_args(p)
     p.add_argument("--compare", help="a second model, run alternately in the same process")
     p.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default 1,8)")
     p.add_argument("--provider", default="cpu")
@@ -70,21 +75,54 @@ def _table(args, rows, diffs) -> str:
     return text
 
 
-@command("export-weights", "write a model's weights to an .npz keyed by spec id")
+@command("export-weights", "write a model's weights to .npz, .safetensors or .pth, by spec id or "
+                           "under a map's checkpoint names (--map torchvision)")
 def cmd_export_weights(args) -> int:
-    import numpy as np
-
-    from ..deploy.weights import model_weights
+    from ..checkpoints import format_for, write_checkpoint
+    from ..deploy.weights import model_weights, renamed_for
     from ..fileio import write_atomic
 
-    weights = model_weights(load_model(existing_file(args.model)))
-    write_atomic(args.output, lambda p: np.savez(open(p, "wb"), **weights))
-    out(f"wrote {args.output}: {len(weights)} arrays, "
+    refuse_own_input(args.output, args.model)
+    fmt = format_for(args.output)
+    model = load_model(existing_file(args.model))
+    weights = model_weights(model)
+    if args.map:
+        weights = renamed_for(weights, _map_of(model, args.map))
+    write_atomic(args.output, lambda p: write_checkpoint(p, weights, fmt))
+    named = f" under map '{args.map}'s names" if args.map else " by spec id"
+    out(f"wrote {args.output}: {len(weights)} tensors{named}, "
         f"{sum(w.size for w in weights.values()):,} values")
     return 0
+
+
+def _map_of(model, requested: str):
+    """A map of the spec the model carries (its weights: section), or a map file."""
+    from ..deploy.namemap import choose_map
+    from ..spec import NetworkSpec
+
+    meta = {p.key: p.value for p in model.metadata_props}
+    spec = NetworkSpec.from_text(meta["graphcnn_spec"], "<the model's spec>") \
+        if "graphcnn_spec" in meta else None
+    return choose_map(spec, requested, [], set())
+
+
+def refuse_own_input(output: str, *inputs: str) -> None:
+    """A command never writes onto a file it reads."""
+    from pathlib import Path
+
+    target = Path(output).resolve()
+    for source in inputs:
+        if source and Path(source).resolve() == target:
+            raise RunError(f"the output {output} is the command's own input",
+                           hint="write to another file")
 
 
 @configure(cmd_export_weights)
 def _export_args(p):
     p.add_argument("model", help="a .onnx model written by graphcnn")
-    p.add_argument("-o", "--output", required=True, help="the .npz file to write")
+    p.add_argument("-o", "--output", required=True,
+                   help="the file to write: .npz, .safetensors, or .pth/.pt/.bin (PyTorch's zip "
+                        "format, torch.load(weights_only=True) reads it)")
+    p.add_argument("--map", metavar="NAME|FILE",
+                   help="write under the checkpoint names of this map (the spec's weights: "
+                        "section, e.g. torchvision, or a map file): the rules turned around")

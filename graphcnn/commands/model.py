@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..api import check_spec, load_spec, model_for
+from ..api import check_spec, load_spec, model_with_weights
 from ..errors import RunError
 from ..runtime import existing_file
-from .args import limits, spec_arg
+from .args import limits, spec_arg, weights_args, weights_options
 from .output import out
 from .registry import command, configure
 
@@ -20,6 +20,7 @@ def cmd_compile(args) -> int:
     if args.training:
         return _compile_training(args, spec, checked)
     opts = ExportOptions(seed=args.seed, opset=args.opset, batch=args.batch, weights=args.weights,
+                         **weights_options(args), fold_preprocess=args.fold_preprocess,
                          fold_bn=args.fold_bn, precision=args.precision, quantize=args.quantize,
                          calibrate=args.calibrate, portable=args.portable,
                          dynamic=tuple(a for a in (args.dynamic or "").split(",") if a))
@@ -40,7 +41,10 @@ def _compile_args(p):
     p.add_argument("--batch", type=int, default=None, help="fix the batch size (default: dynamic N)")
     p.add_argument("--training", action="store_true",
                    help="write the training-step model (forward, loss, backward, update) instead")
-    p.add_argument("--weights", help="load weights from an .npz keyed by spec id")
+    weights_args(p)
+    p.add_argument("--fold-preprocess", action="store_true",
+                   help="the spec's preprocess: inside the graph: a uint8 image input, scaling "
+                        "and mean/std folded into the first convolution where that is exact")
     p.add_argument("--fold-bn", action="store_true", help="fold batchnorm into the conv/linear before it")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
     p.add_argument("--quantize", choices=["int8"], default=None, help="static QDQ quantization")
@@ -70,7 +74,10 @@ def _compile_training(args, spec, checked) -> int:
 def cmd_run(args) -> int:
     from ..runtime import random_inputs, run, session
 
-    sess = session(model_for(args.model), args.provider)
+    model, notes = model_with_weights(args.model, args.weights, **weights_options(args))
+    for note in notes:
+        out(note)
+    sess = session(model, args.provider)
     feeds = _load_inputs(args.input, sess) if args.input else random_inputs(sess, args.batch, args.seed)
     result = run(sess, feeds)
     for name, value in result.outputs.items():
@@ -84,6 +91,7 @@ def cmd_run(args) -> int:
 @configure(cmd_run)
 def _run_args(p):
     p.add_argument("model", help="a .onnx model or a spec .yaml")
+    weights_args(p)
     p.add_argument("--input", help=".npy (one input) or .npz (by input name)")
     p.add_argument("--output", help=".npy (one output) or .npz (all outputs)")
     p.add_argument("--batch", type=int, default=1, help="batch of the random input (default 1)")

@@ -53,7 +53,9 @@ def _export(checked: CheckedGraph, spec_text: str, opts: ExportOptions, stream: 
     if opts.quantize and opts.precision != "fp32":
         raise CompileError("--quantize and --precision cannot be combined",
                            received=f"--quantize {opts.quantize} --precision {opts.precision}")
-    weights = load_weights(opts.weights, checked) if opts.weights else None
+    weights, loaded = load_weights(opts.weights, checked, spec=checked.spec,
+                                   map_name=opts.weights_map, key=opts.weights_key,
+                                   partial=opts.partial) if opts.weights else (None, None)
     left_out = [f"left out {len(checked.unused)} node(s) that reach no output: "
                 f"{', '.join(checked.unused[:3])}{' ...' if len(checked.unused) > 3 else ''}"]
     left_out, checked = (left_out if checked.unused else []), checked.reaching_outputs()
@@ -68,10 +70,17 @@ def _export(checked: CheckedGraph, spec_text: str, opts: ExportOptions, stream: 
         from ..lint import portable
 
         portable_ids, portable_notes = portable(checked)
-    stream = stream and not (opts.fold_bn or opts.quantize or opts.precision != "fp32")
+    stream = stream and not (opts.fold_bn or opts.quantize or opts.precision != "fp32"
+                             or opts.fold_preprocess)
     model = lower(checked, seed=opts.seed, opset=opset, batch=opts.batch, weights=weights,
                   spec_text=spec_text, parameters=not stream, portable=portable_ids)
-    notes = ([f"weights from {opts.weights}"] if weights else []) + left_out + portable_notes
+    notes = (loaded.lines() if loaded else []) + left_out + portable_notes
+    if opts.fold_preprocess:  # before fold_bn and precision: the scale goes into fp32 weights
+        from .foldpre import fold_preprocess
+        from .preprocess import read_recipe
+
+        model, note = fold_preprocess(model, read_recipe(model))
+        notes.append(note)
     if opts.fold_bn or opts.quantize:  # int8 kernels want the batchnorm folded first
         from .foldbn import fold_batchnorm
 
