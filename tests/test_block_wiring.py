@@ -154,3 +154,113 @@ def test_instance_names_do_not_depend_on_the_repeat_count():
     assert one == ["st.block0.c"] and two[:1] == one and two[1:] == ["st.block1.c"]
     assert ids("{id: st, block: b, repeat: '3 - 2'}") == ["st.block0.c"]
     assert ids("{id: st, block: b}") == ["st.c"]
+
+
+READS = """\
+name: reads
+inputs: {image: [3, 16, 16]}
+blocks:
+  bottleneck:  # told only its output width: the input's is read, x.channels
+    params: {out: 8, ratio: 2}
+    nodes:
+      - {id: shortcut, op: conv2d, channels: out, kernel: 1, when: x.channels != out}
+      - {id: expand, op: conv2d, channels: x.channels * ratio, kernel: 1, inputs: [x]}
+      - {id: relu, op: relu}
+      - {id: project, op: conv2d, channels: out, kernel: 3, padding: 1}
+      - {id: add, op: add, inputs: [project, shortcut]}
+  pair:  # two inputs, and a nested call whose argument reads one of them
+    inputs: [a, b]
+    nodes:
+      - {id: cat, op: concat, inputs: [a, b]}
+      - {id: inner, block: bottleneck, args: {out: b.channels + a.channels // 3}}
+nodes:
+  - {id: stem, op: conv2d, channels: 6, kernel: 3, padding: 1}
+  - {id: stage1, block: bottleneck, repeat: 2, args: {out: 12}}
+  - {id: both, block: pair, inputs: [stem, stage1]}
+"""
+
+
+def reads_spec(text: str = READS, name: str = "reads.yaml"):
+    return NetworkSpec.from_text(text, name)
+
+
+def test_block_expressions_read_their_input_channels():
+    """`x.channels` is the channel count of the value the instance reads: 6 for stage1's
+    first block, 12 for its second, so only the first needs its shortcut projection."""
+    checked = check(reads_spec())
+    assert checked.node("stage1.block0.expand").shape[0] == 6 * 2
+    assert checked.node("stage1.block1.expand").shape[0] == 12 * 2
+    ids = {n.id for n in checked.nodes}
+    assert "stage1.block0.shortcut" in ids and "stage1.block1.shortcut" not in ids
+    assert checked.node("stage1.block1.add").inputs == ("stage1.block1.project",
+                                                        "stage1.block0.add")
+    assert checked.node("both.inner.expand").shape[0] == 18 * 2  # cat: 6 + 12 channels
+    assert checked.node("both.inner.project").shape[0] == 12 + 6 // 3
+
+
+def test_reading_channels_is_the_same_as_writing_them():
+    """The block with `x.channels` gives the very graph of one told its input width."""
+    told = (READS.replace("params: {out: 8, ratio: 2}", "params: {inp: 6, out: 8, ratio: 2}")
+            .replace("x.channels * ratio", "inp * ratio").replace("x.channels != out", "inp != out")
+            .replace("{out: 12}}", "{inp: 12, out: 12}, first: {inp: 6}}")
+            .replace("{out: b.channels + a.channels // 3}", "{inp: 18, out: 14}"))
+    ours, theirs = check(reads_spec()), check(reads_spec(told))
+    assert [(n.id, n.shape, n.inputs, n.param_count) for n in ours.nodes] == \
+        [(n.id, n.shape, n.inputs, n.param_count) for n in theirs.nodes]
+
+
+def test_bad_reads_are_refused_at_the_expression_line():
+    import pytest
+
+    from graphcnn.errors import GraphError, SpecError
+
+    with pytest.raises(SpecError, match=r"a block input has one readable size, x.channels; "
+                                        r"received x.chanels") as info:
+        check(reads_spec(READS.replace("x.channels * ratio", "x.chanels * ratio")))
+    assert str(info.value).startswith("reads.yaml:8:9: stage1.block0: ")
+    later = READS.replace("inputs: [stem, stage1]}", "inputs: [stem, late]}\n"
+                          "  - {id: late, op: relu, inputs: [stage1]}")
+    with pytest.raises(SpecError, match=r"cannot read the channels of 'late': no node of that "
+                                        r"name is expanded before this block") as info:
+        check(reads_spec(later))
+    assert str(info.value).startswith("reads.yaml:16:9: both: ")
+    parted = READS.replace("{id: both, block: pair, inputs: [stem, stage1]}",
+                           "{id: s, op: chunk, chunks: 2}\n"
+                           "  - {id: both, block: bottleneck, inputs: [s]}")
+    with pytest.raises(GraphError, match="input 's' has several outputs; name one of its parts"):
+        check(reads_spec(parted))
+
+
+def test_reads_are_checked_again_at_every_input_size():
+    """A count that follows the input size (features after a flatten) was read at the spec's
+    size; at another size it differs, so the sweep finds only the spec's size admissible and
+    says why at the expression's line. A symbolic input is read at its smallest fitting size."""
+    import pytest
+
+    from graphcnn.errors import ShapeError
+    from graphcnn.graph.sweep import Sweep
+
+    flat = """\
+name: flat
+inputs: {image: [2, 4, 4]}
+blocks:
+  head:
+    nodes:
+      - {id: fc, op: linear, features: x.channels // 2}
+nodes:
+  - {id: f, op: flatten}
+  - {id: h, block: head}
+"""
+    spec = NetworkSpec.from_text(flat, "flat.yaml")
+    assert check(spec).node("h.fc").shape == (16,)
+    sweep = Sweep.of_spec(spec)
+    assert sweep.admits(4) is not None and sweep.admits(5) is None
+    with pytest.raises(ShapeError, match=r"read the channels of 'f' as 32 at the spec's input "
+                                         r"size, but they are 50 at this one") as info:
+        sweep.run(5)
+    assert str(info.value).startswith("flat.yaml:6:9: h: ")
+    symbolic = READS.replace("[3, 16, 16]", "[3, H, W]").replace(
+        "channels: 6, kernel: 3, padding: 1}", "channels: 6, kernel: 5}")
+    checked = check(reads_spec(symbolic))  # a valid 5x5 stem: the smallest size is 5
+    assert checked.inputs["image"] == (3, 5, 5)
+    assert checked.node("stage1.block1.expand").shape[0] == 24

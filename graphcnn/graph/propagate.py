@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from ..errors import GraphCnnError, SpecError
+from ..errors import GraphCnnError, ShapeError, SpecError
 from ..layers import Shape
 from ..spec.expand import FlatNode, FlatSpec
 from .checked import NodeInfo, ReceptiveField, receptive_field
@@ -27,7 +27,23 @@ def propagate(flat: FlatSpec, order: list[FlatNode]) -> list[NodeInfo]:
         infos.append(node_info(node, shapes, fields, done))
         shapes[node.id], fields[node.id] = infos[-1].shape, infos[-1].rf
         done[node.id] = infos[-1]
+    check_reads(flat, shapes)
     return infos
+
+
+def check_reads(flat: FlatSpec, shapes: dict[str, Shape]) -> None:
+    """Each channel count a block expression read while expanding (`x.channels`) is the count
+    at these input sizes too: a sweep reuses the expansion, so a count that follows the input
+    size (after a flatten, say) makes every other size inadmissible."""
+    for read in flat.reads:
+        got = shapes[read.node][0]
+        if got != read.channels:
+            raise ShapeError(f"a block expression read the channels of '{read.node}' as "
+                             f"{read.channels} at the spec's input size, but they are {got} "
+                             "at this one", loc=read.loc, node=read.instance, via=read.via,
+                             expected=f"{read.channels} channels", received=f"{got}",
+                             hint="read .channels only where they do not depend on the "
+                                  "input size")
 
 
 def node_info(node: FlatNode, shapes: dict, fields: dict, done: dict | None = None) -> NodeInfo:

@@ -6,8 +6,9 @@ its instances whatever the count (`repeat: 1` makes stage3.block0, so a weight f
 names when the stage grows a second block); a call without `repeat:` is one instance named
 `stage3`. With repeat 0 the call adds nothing and `stage3` names its input, a stage of zero
 blocks. Inside a block,
-a string field that is an integer expression over the block's params (`width * 4`) is evaluated;
-names of the block's inputs and nodes are references and are left alone. Node ids become
+a string field that is an integer expression over the block's params (`width * 4`) and its
+inputs' channel counts (`x.channels * 4`: shapes inferred on demand, early_shapes.py) is
+evaluated; names of the block's inputs and nodes are references and are left alone. Node ids become
 `stage3.block12.conv2`; `stage3.block12` and `stage3` refer to the output of the instance and
 of the last instance. A node with several outputs (split, chunk: Layer.parts) becomes one
 node per part, `s.0`, `s.1`, ...; naming `s` itself is refused with the parts' names.
@@ -22,7 +23,8 @@ from pydantic import ValidationError
 
 from ..errors import GraphCnnError, GraphError, Location, SpecError
 from ..layers import Layer
-from .exprs import substitute
+from .early_shapes import EarlyShapes, ShapeRead
+from .exprs import Inputs, substitute
 from .model import BlockCall, BlockDef, NetworkSpec, check_op, node_adapter, validation_error
 from .yamlio import LocatedData, load_yaml, read_text
 
@@ -44,6 +46,23 @@ class FlatNode:
     scope: tuple[str, ...] = ()  # enclosing block instances, outermost first
 
 
+@dataclass(frozen=True)
+class BlockInstance:
+    """One instance of a block call, for tools that rebuild the block structure (export-torch
+    writes a class per block): `raw` holds the block's nodes as written, by local id, before
+    the params were substituted, so a field's expression (`width * 4`) can be shown."""
+
+    id: str  # stage3.block12 (numbered) or stage3
+    call: str  # the call's id: stage3
+    block: str
+    args: dict  # what the call gave this instance (`first:` included), evaluated
+    values: dict  # every param of the instance: the block's defaults with args over them
+    inputs: tuple[str, ...]
+    output: str
+    raw: dict[str, Any]
+    definition: BlockDef  # its params' defaults and its input names
+
+
 @dataclass
 class FlatSpec:
     name: str
@@ -52,6 +71,8 @@ class FlatSpec:
     outputs: list[str]
     aliases: dict[str, str] = field(default_factory=dict)
     output_locs: dict[str, Location | None] = field(default_factory=dict)
+    instances: list[BlockInstance] = field(default_factory=list)  # in expansion order
+    reads: list[ShapeRead] = field(default_factory=list)  # channel counts expansion used
 
 
 @dataclass(frozen=True)
@@ -67,7 +88,7 @@ def flatten(spec: NetworkSpec) -> FlatSpec:
     blocks = dict(load_imports(spec))
     for name, block in spec.blocks.items():
         blocks[name] = (block, _Source(spec._source, ("blocks", name)))
-    ex = _Expander(blocks)
+    ex = _Expander(blocks, {k: tuple(v) for k, v in spec.inputs.items()})
     first_input = next(iter(spec.inputs))
     top = _Source(spec._source, ())
     ex.expand(list(spec.nodes), top, ("nodes",), scope=(), names={}, previous=first_input, via=())
@@ -78,8 +99,10 @@ def flatten(spec: NetworkSpec) -> FlatSpec:
     outputs = [ex.alias(o) for o in spec.outputs] if spec.outputs else [nodes[-1].id]
     locs = {o: spec.location(("outputs", i)) for i, o in enumerate(outputs)}
     _refuse_whole(ex.parted, nodes, outputs, locs)
+    instances = [replace(i, inputs=tuple(map(ex.alias, i.inputs)), output=ex.alias(i.output))
+                 for i in ex.instances]
     return FlatSpec(spec.name, {k: tuple(v) for k, v in spec.inputs.items()}, nodes,
-                    outputs, ex.aliases, locs)
+                    outputs, ex.aliases, locs, instances, list(ex.reads.values()))
 
 
 def _refuse_whole(parted: dict[str, list[str]], nodes: list[FlatNode], outputs: list[str],
@@ -156,12 +179,12 @@ def part_names(items: list, ids: list[str]) -> set[str]:
             for k in range(len(item.parts()))}
 
 
-def _substitute_node(raw: Any, values: dict) -> Any:
+def _substitute_node(raw: Any, values: dict, inputs: Inputs) -> Any:
     """Parameters into a raw node, except its `id`: a node may share a parameter's name
     (`{id: pool, op: maxpool3d, kernel: pool}`)."""
     if not isinstance(raw, dict):
-        return substitute(raw, values)
-    return {k: v if k == "id" else substitute(v, values) for k, v in raw.items()}
+        return substitute(raw, values, inputs)
+    return {k: v if k == "id" else substitute(v, values, inputs) for k, v in raw.items()}
 
 
 @dataclass(frozen=True)
@@ -182,10 +205,14 @@ def _condition(value: Any, written: Any) -> bool:
 
 
 class _Expander:
-    def __init__(self, blocks: dict[str, tuple[BlockDef, _Source]]):
+    def __init__(self, blocks: dict[str, tuple[BlockDef, _Source]], inputs: dict[str, tuple]):
         self.blocks, self.nodes, self.aliases = blocks, [], {}
         self.counts: dict[str, int] = {}
         self.parted: dict[str, list[str]] = {}  # a node with several outputs -> its parts
+        self.instances: list[BlockInstance] = []
+        self.by_id: dict[str, FlatNode] = {}
+        self.shapes = EarlyShapes(inputs, self.expanded, self.alias)
+        self.reads: dict[str, ShapeRead] = {}  # by the value read: the first read of each
 
     def expand(self, items: list, source: _Source, path: tuple, scope: tuple, names: dict,
                previous: str, via: tuple) -> str:
@@ -251,6 +278,25 @@ class _Expander:
             raise SpecError("the spec expands to too many nodes", loc=node.loc, node=node.id,
                             expected=f"at most {MAX_NODES:,}", via=node.via)
         self.nodes.append(node)
+        self.by_id.setdefault(node.id, node)
+
+    def expanded(self, name: str) -> FlatNode | None:
+        """The node expanded so far that `name` (resolved) names, for EarlyShapes."""
+        if name in self.parted:
+            raise _whole("input", name, self.parted[name], None, None, ())
+        return self.by_id.get(name)
+
+    def readers(self, names: dict[str, str], loc, inst: str, via: tuple) -> Inputs:
+        """For each block input name, what `x.channels` reads: its value's channel count,
+        recorded (flatten's FlatSpec.reads) for the checker to confirm at every size."""
+        def reader(full: str):
+            def channels() -> int:
+                value = self.shapes.channels(full)
+                resolved = self.alias(full)
+                self.reads.setdefault(resolved, ShapeRead(resolved, value, loc, inst, via))
+                return value
+            return channels
+        return {name: reader(full) for name, full in names.items()}
 
     def call(self, item: BlockCall, call_id: str, resolve, previous: str, scope: tuple,
              loc: Location | None, via: tuple) -> str:
@@ -270,7 +316,8 @@ class _Expander:
         for k in range(repeat):
             inst = f"{call_id}.block{k}" if numbered else call_id
             args = self.call_args(item, k, inst, loc, via)
-            out = self.instance(block, source, inst, args, inputs, outer, via + ((loc,) if loc else ()), item, loc)
+            out = self.instance(block, source, inst, args, inputs, outer, via + ((loc,) if loc else ()), item, loc,
+                                call_id)
             self.aliases[inst] = out
             inputs = [out]
         self.aliases[call_id] = inputs[0]
@@ -295,7 +342,7 @@ class _Expander:
         return repeat
 
     def instance(self, block: BlockDef, source: _Source, inst: str, args: dict, inputs: list[str],
-                 scope: tuple, via: tuple, item: BlockCall, loc) -> str:
+                 scope: tuple, via: tuple, item: BlockCall, loc, call_id: str) -> str:
         unknown = set(args) - set(block.params)
         if unknown:
             raise SpecError(f"block '{item.block}' has no parameter '{sorted(unknown)[0]}'", loc=loc,
@@ -304,20 +351,28 @@ class _Expander:
             raise SpecError(f"block '{item.block}' takes {len(block.inputs)} inputs", loc=loc,
                             node=inst, received=f"{len(inputs)}: {inputs}")
         values = {**block.params, **args}
-        items = [self.validate(raw, values, source, j, inst, via) for j, raw in enumerate(block.nodes)]
         names = dict(zip(block.inputs, inputs))
+        items = [self.validate(raw, values, source, j, inst, via, names)
+                 for j, raw in enumerate(block.nodes)]
+        record = BlockInstance(inst, call_id, item.block, args, values, tuple(inputs), "",
+                               dict(zip(self.local_ids(items), block.nodes)), block)
+        self.instances.append(record)  # before the nested calls: parents come first
+        at = len(self.instances) - 1
         last = self.expand(items, source, ("nodes",), scope + (inst,), names, inputs[0], via)
-        if block.outputs:
-            return f"{inst}.{block.outputs[0]}"
-        return last
+        out = f"{inst}.{block.outputs[0]}" if block.outputs else last
+        self.instances[at] = replace(record, output=out)
+        return out
 
-    def validate(self, raw: Any, values: dict, source: _Source, j: int, inst: str, via: tuple):
-        """Substitute the block's parameters into one raw node and validate it. The op is
-        checked after substitution: `op:` may name a parameter (an activation per stage)."""
+    def validate(self, raw: Any, values: dict, source: _Source, j: int, inst: str, via: tuple,
+                 names: dict[str, str]):
+        """Substitute the block's parameters (and its inputs' channel counts, `x.channels`)
+        into one raw node and validate it. The op is checked after substitution: `op:` may
+        name a parameter (an activation per stage)."""
         path = source.prefix + ("nodes", j)
         located = source.located
         try:
-            node = _substitute_node(raw, values)
+            loc = located.loc(path) if located else None
+            node = _substitute_node(raw, values, self.readers(names, loc, inst, via))
             if isinstance(node, dict) and "when" in node:
                 if not _condition(node.pop("when"), raw["when"]):
                     return _Skipped(node.get("id"), str(node.get("op") or "block"))
