@@ -246,3 +246,29 @@ def test_a_torchvision_checkpoint_goes_in_and_comes_back_out_equal(tmp_path, cap
     assert list(loaded) == list(wanted) or set(loaded) == set(wanted)
     for key, tensor in wanted.items():
         assert torch.equal(loaded[key], tensor), key
+
+
+def test_train_starts_from_a_checkpoint_with_init(tiny, tmp_path, capsys):
+    """train --init: the run starts from the checkpoint's weights (a tiny learning rate leaves
+    them there); with --partial a head of another size keeps its initial values."""
+    rng = np.random.default_rng(6)
+    arrays = torch_names(rng)
+    checkpoint = save(tmp_path / "w.pth", arrays)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((8, 3, 8, 8)).astype(np.float32),
+             y=rng.integers(0, 5, 8))
+    out = tmp_path / "t.onnx"
+    common = ["train", str(tiny), "--data", str(tmp_path / "d.npz"), "--epochs", "1",
+              "--batch", "4", "--lr", "1e-9", "--init", str(checkpoint)]
+    assert main([*common, "-o", str(out)]) == 0
+    assert "loaded 7/9 tensors from w.pth (map: torch)" in capsys.readouterr().out
+    from graphcnn.deploy.weights import model_weights
+    from graphcnn.runtime import load_model
+
+    trained = model_weights(load_model(out))
+    np.testing.assert_allclose(trained["stem.conv.weight"], arrays["conv1.weight"], atol=1e-6)
+    arrays["head.weight"] = np.zeros((7, 4), np.float32)
+    save(checkpoint, arrays)
+    assert main([*common, "-o", str(out)]) == 1
+    assert main([*common, "--partial", "-o", str(out)]) == 0
+    assert "kept their initial values (1): fc.weight" in capsys.readouterr().out
+    assert main([*common, "--resume", str(out.with_suffix(".ckpt.npz")), "-o", str(out)]) == 1

@@ -5,21 +5,28 @@ shows the progress bar and prints the outcome."""
 from __future__ import annotations
 
 from ..api import training_job
+from .args import weights_args, weights_options
 from .output import out
 from .registry import command, configure
 
 
 @command("train", "train a spec on MNIST-1D or an .npz and export the trained ONNX model")
 def cmd_train(args) -> int:
-    from ..train.job import fit, save_trained
+    from ..train.job import fit, init_weights, save_trained
     from ..train.metrics import final_line
 
     job = training_job(args.spec, args.output, data=args.data, epochs=args.epochs,
                        batch=args.batch, optimizer=args.optimizer, lr=args.lr,
                        momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed)
+    init = None
+    if args.weights:
+        init, report = init_weights(job, args.weights, **weights_options(args))
+        for line in report:
+            out(line)
     try:
         with progress_display(job.recipe) as progress:
-            result = fit(job, resume=args.resume, provider=args.provider, progress=progress)
+            result = fit(job, resume=args.resume, provider=args.provider, progress=progress,
+                         init=init)
     except KeyboardInterrupt:
         if job.checkpoint.exists():  # the epochs finished so far are not lost
             out(f"stopped; continue with: graphcnn train {args.spec} -o {job.output} "
@@ -46,6 +53,7 @@ def _train_args(p):
     p.add_argument("--seed", type=int, help="initialisation and shuffling seed")
     p.add_argument("--provider", default="cpu", help="cpu, cuda, or a full provider name")
     p.add_argument("--resume", help="a checkpoint (.ckpt.npz) to continue from")
+    weights_args(p, "--init")  # --init W.pth [--map] [--weights-key] [--partial]: fine-tuning
 
 
 class progress_display:

@@ -81,11 +81,27 @@ def data_source(data: str | None, spec_path: str | Path | None) -> str | Path:
 
 
 def fit(job: TrainingJob, *, resume: str | Path | None = None, provider: str = "cpu",
-        threads: int | None = None, progress: Progress | None = None) -> TrainResult:
+        threads: int | None = None, progress: Progress | None = None,
+        init: dict | None = None) -> TrainResult:
     """Train for the recipe's epochs, writing the checkpoint beside the output every epoch;
-    `resume` continues from a checkpoint."""
+    `resume` continues from a checkpoint; `init` (parameters by spec id, init_weights) starts
+    from pretrained weights."""
+    if resume is not None and init is not None:
+        from ..errors import DataError
+
+        raise DataError("--resume continues a run and --init starts one: give one of them")
     return train(job.checked, job.recipe, job.data, checkpoint=job.checkpoint, resume=resume,
-                 provider=provider, threads=threads, progress=progress)
+                 provider=provider, threads=threads, progress=progress, init=init)
+
+
+def init_weights(job: TrainingJob, path: str | Path, **options) -> tuple[dict, list[str]]:
+    """A checkpoint's weights for the job's spec (through its name maps; options: weights_map,
+    weights_key, partial), and the load report's lines."""
+    from ..deploy.weights import load_weights
+
+    arrays, report = load_weights(path, job.checked, spec=job.spec, map_name=options.get("weights_map"),
+                                  key=options.get("weights_key"), partial=options.get("partial", False))
+    return arrays, report.lines()
 
 
 def save_trained(job: TrainingJob, result: TrainResult) -> list[Path]:

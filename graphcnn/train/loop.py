@@ -126,8 +126,10 @@ class Evaluator:
 
 def train(checked, recipe: Recipe, data: Dataset, *, checkpoint: str | Path | None = None,
           resume: str | Path | None = None, provider: str = "cpu", threads: int | None = None,
-          progress: Progress | None = None, step=None) -> TrainResult:
-    """Train for recipe.epochs epochs (counting those a resumed checkpoint already did)."""
+          progress: Progress | None = None, step=None, init=None) -> TrainResult:
+    """Train for recipe.epochs epochs (counting those a resumed checkpoint already did).
+    `init`: parameters by spec id to start from (a pretrained checkpoint) instead of the
+    initialisation; parameters it lacks (a new head) keep their initial values."""
     from .step import initial_state
 
     progress = progress or Progress()
@@ -138,7 +140,9 @@ def train(checked, recipe: Recipe, data: Dataset, *, checkpoint: str | Path | No
         ckpt = load_checkpoint(resume, names)
         rng.bit_generator.state = ckpt.rng_state
     else:
-        ckpt = Checkpoint(initial_state(checked, step, recipe.seed), 0, 0, rng.bit_generator.state)
+        start = initial_state(checked, step, recipe.seed)
+        start.update({name: value for name, value in (init or {}).items() if name in start})
+        ckpt = Checkpoint(start, 0, 0, rng.bit_generator.state)
     runner = StepRunner(step, ckpt.values, provider, threads)
     evaluate = Evaluator(checked, recipe.loss, provider, ignore_index=recipe.ignore_index)
     history, step_no = list(ckpt.history), ckpt.step
