@@ -7,5 +7,6 @@ from . import deploy  # noqa: F401  bench, export-weights
 from . import draw  # noqa: F401
 from . import sizes  # noqa: F401
 from . import lint  # noqa: F401
+from . import diff  # noqa: F401
 from . import train  # noqa: F401
 from . import predict  # noqa: F401

@@ -8,7 +8,7 @@ from html import escape
 from ..errors import GraphCnnError
 from ..layers import fmt_shape
 from .model import Box, Drawing
-from .style import dims, edge_style, fill
+from .style import box_fill, dims, edge_style
 
 INSTALL_HINT = ("install Graphviz: `apt-get install graphviz` (Debian/Ubuntu), `brew install "
                 "graphviz` (macOS), or see https://graphviz.org/download/; or draw to .mmd")
@@ -48,7 +48,7 @@ def _node(box: Box) -> str:
     if box.detail:
         rows.append(f'<font point-size="8">{escape(box.detail)}</font>')
     rows.append(f'<font point-size="8" color="#555555">{escape(fmt_shape(box.shape))}</font>')
-    attrs = [f"label=<{'<br/>'.join(rows)}>", f'fillcolor="{fill(box.op, box.kind)}"',
+    attrs = [f"label=<{'<br/>'.join(rows)}>", f'fillcolor="{box_fill(box)}"',
              f'class="{box.kind}"']
     if box.kind == "input":
         attrs.append("shape=oval")

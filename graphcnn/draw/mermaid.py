@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..layers import fmt_shape
 from .model import Box, Drawing
-from .style import dims, edge_style, fill
+from .style import box_fill, dims, edge_style
 
 _DASH = {"solid": "", "dashed": ",stroke-dasharray:6 4", "dotted": ",stroke-dasharray:2 3"}
 
@@ -11,7 +11,7 @@ _DASH = {"solid": "", "dashed": ",stroke-dasharray:6 4", "dotted": ",stroke-dash
 def to_mermaid(drawing: Drawing, direction: str = "TB") -> str:
     ids = {box: f"n{i}" for i, box in enumerate(drawing.boxes)}
     fills = {f: f"f{i}" for i, f in enumerate(dict.fromkeys(
-        fill(b.op, b.kind) for b in drawing.boxes.values()))}
+        box_fill(b) for b in drawing.boxes.values()))}
     lines = ["---", f"title: {_text(drawing.name)}", "---", f"flowchart {direction}"]
     lines += [f"  classDef {name} fill:{colour},stroke:#555,color:#000"
               for colour, name in fills.items()]
@@ -45,7 +45,7 @@ def _node(box: Box, node_id: str, fills) -> str:
     rows.append(_text(fmt_shape(box.shape)))
     label = "<br/>".join(rows)
     open_, close = ("([", "])") if box.kind == "input" else ("[", "]")
-    return f'{node_id}{open_}"{label}"{close}:::{fills[fill(box.op, box.kind)]}'
+    return f'{node_id}{open_}"{label}"{close}:::{fills[box_fill(box)]}'
 
 
 def _legend(drawing: Drawing, links: dict[str, list[int]]) -> list[str]:

@@ -23,6 +23,7 @@ class Box:
     output: bool = False
     params: int = 0
     level: int | None = None  # scale level in an encoder-decoder (see scale_levels)
+    highlight: str | None = None  # a fill that overrides the op family's (graphcnn diff)
 
 
 @dataclass(frozen=True)

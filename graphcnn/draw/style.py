@@ -50,6 +50,11 @@ def fill(op: str, box_kind: str) -> str:
     return FAMILY_FILLS.get(layer.draw_family, OTHER_FILL) if layer else OTHER_FILL
 
 
+def box_fill(box) -> str:
+    """The box's fill: its highlight where a caller set one, else by its op's family."""
+    return box.highlight or fill(box.op, box.kind)
+
+
 def dims(shape) -> str:
     """A tensor shape without the batch axis, as the chapter's figures write it: 16×32×32."""
     return "×".join(str(d) for d in shape)
