@@ -6,6 +6,7 @@ from pathlib import Path
 from .graph import CheckedGraph, Limits, check
 from .gcpause import gc_paused
 from .spec import NetworkSpec
+from .spec.expand import self_contained_text
 
 
 @gc_paused()
@@ -30,7 +31,7 @@ def compile_spec(source, *, seed: int = 0, opset: int | None = None, batch: int 
     spec = load_spec(source)
     checked = check(spec)
     return lower(checked, seed=seed, opset=opset, batch=batch, weights=weights,
-                 spec_text=spec.to_yaml())
+                 spec_text=self_contained_text(spec))
 
 
 def model_for(source: str | Path | NetworkSpec):
@@ -55,7 +56,7 @@ def model_with_weights(source: str | Path | NetworkSpec, weights: str | Path | N
         spec = load_spec(source)
         opts = ExportOptions(weights=str(weights), weights_map=weights_map,
                              weights_key=weights_key, partial=partial)
-        return export(check(spec), spec.to_yaml(), opts)
+        return export(check(spec), self_contained_text(spec), opts)
     model = load_model(existing_file(source))
     if weights is None:
         return model, []

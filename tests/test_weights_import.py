@@ -272,3 +272,18 @@ def test_train_starts_from_a_checkpoint_with_init(tiny, tmp_path, capsys):
     assert main([*common, "--partial", "-o", str(out)]) == 0
     assert "kept their initial values (1): fc.weight" in capsys.readouterr().out
     assert main([*common, "--resume", str(out.with_suffix(".ckpt.npz")), "-o", str(out)]) == 1
+
+
+def test_a_compiled_model_carries_a_self_contained_spec(tmp_path, monkeypatch):
+    """The spec text in a model has its imported blocks inlined: the model's spec checks from
+    any folder (run --weights, export-weights --map and diff read it)."""
+    from graphcnn.runtime import load_model
+    from graphcnn.spec import NetworkSpec
+
+    model = tmp_path / "r18.onnx"
+    assert main(["compile", str(SPECS / "resnet18.yaml"), "-o", str(model)]) == 0
+    monkeypatch.chdir(tmp_path)
+    meta = {p.key: p.value for p in load_model(model).metadata_props}
+    spec = NetworkSpec.from_text(meta["graphcnn_spec"], "<model>")
+    assert not spec.imports and "basic" in spec.blocks
+    assert graphcnn.check(spec).total_params == 11_689_512

@@ -5,6 +5,7 @@ import numpy as np
 
 from ..api import check_spec, load_spec, model_with_weights
 from ..errors import RunError
+from ..spec.expand import self_contained_text
 from ..runtime import existing_file
 from .args import limits, spec_arg, weights_args, weights_options
 from .output import out
@@ -24,7 +25,7 @@ def cmd_compile(args) -> int:
                          fold_bn=args.fold_bn, precision=args.precision, quantize=args.quantize,
                          calibrate=args.calibrate, portable=args.portable,
                          dynamic=tuple(a for a in (args.dynamic or "").split(",") if a))
-    model, notes = export_to_file(checked, spec.to_yaml(), opts, args.output)
+    model, notes = export_to_file(checked, self_contained_text(spec), opts, args.output)
     for note in notes:
         out(note)
     out(f"wrote {args.output}: {checked.reaching_outputs().total_params:,} parameters, opset "

@@ -106,6 +106,15 @@ def _whole(what: str, name: str, parts: list[str], loc, node, via) -> GraphError
 MAX_IMPORT_DEPTH = 16  # block libraries importing block libraries
 
 
+def self_contained_text(spec: NetworkSpec) -> str:
+    """The spec's YAML with its imported block libraries inlined (its own blocks still win), so
+    the text a compiled model carries checks again anywhere, without the files beside it."""
+    if not spec.imports:
+        return spec.to_yaml()
+    blocks = {name: block for name, (block, _) in load_imports(spec).items()}
+    return spec.model_copy(update={"imports": [], "blocks": {**blocks, **spec.blocks}}).to_yaml()
+
+
 def load_imports(spec: NetworkSpec) -> dict[str, tuple[BlockDef, _Source]]:
     """Blocks from the files in `imports`, resolved against the spec's folder; a library may
     import others (resolved against its own folder). Each file is read once, so a library

@@ -107,7 +107,7 @@ def init_weights(job: TrainingJob, path: str | Path, **options) -> tuple[dict, l
 def save_trained(job: TrainingJob, result: TrainResult) -> list[Path]:
     """Export the trained inference model and write its metrics; returns every file the run
     wrote: the model, the checkpoint, then the metrics files."""
-    export_model(job.checked, result.values, job.output, spec_text=job.spec.to_yaml(),
+    export_model(job.checked, result.values, job.output, spec_text=_spec_text(job.spec),
                  seed=job.recipe.seed)
     written = write_metrics(result.history, job.output, {"spec": job.label,
                                                          "recipe": job.recipe.model_dump()})
@@ -123,3 +123,10 @@ def save_training_step(spec, checked, output: str | Path, *, batch: int | None =
     step = build_step(checked, recipe, opset=opset)
     save_model(step.model, output)
     return recipe, step
+
+
+def _spec_text(spec) -> str:
+    """The self-contained spec a written model carries (its imported blocks inlined)."""
+    from ..spec.expand import self_contained_text
+
+    return self_contained_text(spec)
