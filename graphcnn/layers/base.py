@@ -8,6 +8,7 @@ and the per-op facts other modules need (class attributes). `Layer` is that cont
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from collections.abc import Callable
@@ -56,15 +57,43 @@ GLOBAL = "global"  # a node whose every output sees its whole input (flatten, li
 FP32_ALL = frozenset({"*"})  # fp32_ops value: every ONNX op of the layer stays float32
 
 
-def register(cls: type["Layer"]) -> type["Layer"]:
-    """Class decorator: make an op known to the spec language, the checker and the lowering
-    (also after the spec schema was built: listeners rebuild what depends on the registry)."""
+class RegistryError(ValueError):
+    """An op registered twice, or registered after the spec schema was built."""
+
+
+def register(cls: type["Layer"], *, late: bool = False) -> type["Layer"]:
+    """Class decorator: make an op known to the spec language, the checker and the lowering.
+    The built-in ops and the plugins (layers/plugins.py) register before graphcnn.spec builds
+    its schema from the registry; registering later is refused unless `late=True` (or inside
+    `late_registration()`): listeners then rebuild what depends on the registry."""
     op = cls.model_fields["op"].default
     if op in REGISTRY:
-        raise ValueError(f"op '{op}' registered twice")
+        owner = REGISTRY[op]
+        raise RegistryError(f"op '{op}' is already registered "
+                            f"(by {owner.__module__}.{owner.__qualname__})")
+    if _LISTENERS and not (late or _LATE):
+        raise RegistryError(_too_late(op))
     REGISTRY[op] = cls
     _notify()
     return cls
+
+
+def _too_late(op: str) -> str:
+    return (f"op '{op}' registered after the spec schema was built (graphcnn builds it when "
+            "graphcnn.spec is imported, after loading the plugins of entry-point group "
+            "'graphcnn.layers'): ship the op as a plugin (docs/extending.md), or call "
+            "register(cls, late=True) to rebuild the schema (tests, notebooks)")
+
+
+@contextmanager
+def late_registration():
+    """Allow register() after the schema was built within this block (plugins.load of entry
+    points named at run time, whose modules register with a plain @register)."""
+    _LATE.append(True)
+    try:
+        yield
+    finally:
+        _LATE.pop()
 
 
 def unregister(op: str) -> None:
@@ -73,7 +102,9 @@ def unregister(op: str) -> None:
     _notify()
 
 
+# What was built from the registry (the spec's node union): once one exists, registering is late.
 _LISTENERS: list[Callable[[], None]] = []
+_LATE: list[bool] = []  # non-empty inside late_registration()
 
 
 def on_registry_change(listener: Callable[[], None]) -> None:
