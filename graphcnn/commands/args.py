@@ -1,12 +1,61 @@
-"""Arguments several commands share: a spec and the size limits of checking it."""
+"""Arguments several commands share: a spec (with its --set overrides) and the size limits
+of checking it."""
 from __future__ import annotations
+
+import argparse
 
 from ..graph import Limits
 
+SET_HELP = ("override a value of the spec (repeatable), Hydra's grammar: nodes.fc.features=10, "
+            "inputs.image=[3,320,320], blocks.basic.params.width=32; +path=value adds a key the "
+            "spec does not write, ~path deletes one")
+
+
+class SpecPath(str):
+    """A spec path as given on the command line, carrying its --set overrides. Commands hand
+    args.spec to the API (load_spec, check_spec, model_with_weights, training_job) as a path,
+    and the API applies the overrides the path carries: every command that takes a spec through
+    spec_arg or spec_positional honours --set without handling it itself."""
+
+    overrides: tuple[str, ...] = ()
+
+
+def _carrying(path: str, overrides) -> SpecPath:
+    out = SpecPath(path)
+    out.overrides = tuple(overrides or ())
+    return out
+
+
+class _SpecAction(argparse.Action):
+    """The positional: a SpecPath with the --set options seen so far."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        setattr(namespace, self.dest, _carrying(value, getattr(namespace, "set", None)))
+
+
+class _SetAction(argparse.Action):
+    """--set: appended, and given to the positional if it came first (either order works)."""
+
+    def __init__(self, *args, target: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.target = target
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        namespace.set = [*(namespace.set or []), value]
+        if isinstance(getattr(namespace, self.target, None), str):
+            setattr(namespace, self.target, _carrying(getattr(namespace, self.target), namespace.set))
+
+
+def spec_positional(p, dest: str = "spec", help: str = "a spec YAML file") -> None:
+    """A spec positional (`spec`, or `model` for MODEL|SPEC) and its repeatable --set."""
+    p.add_argument(dest, action=_SpecAction, help=help)
+    p.add_argument("--set", action=_SetAction, target=dest, default=None, metavar="PATH=VALUE",
+                   help=SET_HELP)
+
 
 def spec_arg(p) -> None:
-    """The spec positional and the --max-params/--max-tensor limits of checking it."""
-    p.add_argument("spec", help="a spec YAML file")
+    """The spec positional (with --set) and the --max-params/--max-tensor limits of checking it."""
+    spec_positional(p)
     p.add_argument("--max-params", type=int, default=Limits.max_total_params, metavar="N",
                    help="refuse networks with more weights in all (default %(default)s)")
     p.add_argument("--max-tensor", type=int, default=Limits.max_tensor_elements, metavar="N",

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..api import model_for, model_with_weights
-from .args import weights_args, weights_options
+from .args import spec_positional, weights_args, weights_options
 from ..errors import RunError
 from ..runtime import existing_file, load_model
 from .output import out, print_json
@@ -32,7 +32,7 @@ def cmd_bench(args) -> int:
 
 @configure(cmd_bench)
 def _bench_args(p):
-    p.add_argument("model", help="a .onnx model or a spec .yaml")
+    spec_positional(p, "model", "a .onnx model or a spec .yaml")
     weights_args(p)
     p.add_argument("--compare", help="a second model, run alternately in the same process")
     p.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default 1,8)")

@@ -7,7 +7,7 @@ from ..api import check_spec, load_spec, model_with_weights
 from ..errors import RunError
 from ..spec.expand import self_contained_text
 from ..runtime import existing_file
-from .args import limits, spec_arg, weights_args, weights_options
+from .args import limits, spec_arg, spec_positional, weights_args, weights_options
 from .output import out
 from .registry import command, configure
 
@@ -91,7 +91,7 @@ def cmd_run(args) -> int:
 
 @configure(cmd_run)
 def _run_args(p):
-    p.add_argument("model", help="a .onnx model or a spec .yaml")
+    spec_positional(p, "model", "a .onnx model or a spec .yaml")
     weights_args(p)
     p.add_argument("--input", help=".npy (one input) or .npz (by input name)")
     p.add_argument("--output", help=".npy (one output) or .npz (all outputs)")

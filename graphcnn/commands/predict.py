@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, RunError
-from .args import weights_args, weights_options
+from .args import spec_positional, weights_args, weights_options
 from .output import out, print_json
 from .registry import command, configure
 
@@ -47,7 +47,7 @@ def cmd_predict(args) -> int:
 
 @configure(cmd_predict)
 def _predict_args(p):
-    p.add_argument("model", help="a .onnx model compiled by graphcnn, or a spec .yaml")
+    spec_positional(p, "model", "a .onnx model compiled by graphcnn, or a spec .yaml")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow reads)")
     weights_args(p)
     p.add_argument("--top", type=int, default=5, help="how many classes per image (default 5)")

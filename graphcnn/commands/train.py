@@ -5,7 +5,7 @@ shows the progress bar and prints the outcome."""
 from __future__ import annotations
 
 from ..api import training_job
-from .args import weights_args, weights_options
+from .args import spec_positional, weights_args, weights_options
 from .output import out
 from .registry import command, configure
 
@@ -40,7 +40,7 @@ def cmd_train(args) -> int:
 
 @configure(cmd_train)
 def _train_args(p):
-    p.add_argument("spec", help="a spec YAML file (its `training:` section gives the defaults)")
+    spec_positional(p, "spec", "a spec YAML file (its `training:` section gives the defaults)")
     p.add_argument("--data", help="'mnist1d' or an .npz with x, y (and x_test, y_test)")
     p.add_argument("-o", "--output", required=True, help="the trained .onnx model to write")
     p.add_argument("--epochs", type=int, help="total epochs (a resumed run counts the done ones)")

@@ -26,6 +26,7 @@ from ..layers import Layer
 from .early_shapes import EarlyShapes, ShapeRead
 from .exprs import Inputs, substitute
 from .model import BlockCall, BlockDef, NetworkSpec, check_op, node_adapter, validation_error
+from .scaling import scaled_blocks, scaled_calls
 from .yamlio import LocatedData, load_yaml, read_text
 
 MAX_BLOCK_DEPTH = 16
@@ -70,10 +71,12 @@ def flatten(spec: NetworkSpec) -> FlatSpec:
     blocks = dict(load_imports(spec))
     for name, block in spec.blocks.items():
         blocks[name] = (block, _Source(spec._source, ("blocks", name)))
+    blocks = scaled_blocks(blocks, spec.scale, spec.location(("scale",)))  # `scale:` widths, depths
     ex = _Expander(blocks, {k: tuple(v) for k, v in spec.inputs.items()})
     first_input = next(iter(spec.inputs))
     top = _Source(spec._source, ())
-    ex.expand(list(spec.nodes), top, ("nodes",), scope=(), names={}, previous=first_input, via=())
+    ex.expand(scaled_calls(list(spec.nodes), blocks, spec.scale), top, ("nodes",), scope=(),
+              names={}, previous=first_input, via=())
     nodes = [replace(n, inputs=tuple(ex.alias(i) for i in n.inputs)) for n in ex.nodes]
     if not nodes:  # every block call repeats 0 times
         raise SpecError("the network has no layers: every block call repeats 0 times",

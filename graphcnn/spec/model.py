@@ -6,13 +6,17 @@ from typing import Annotated, Any, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
-                      TypeAdapter, ValidationError, field_validator, model_validator)
+                      TypeAdapter, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from ..errors import Location, SpecError, nearest
 from ..gcpause import gc_paused
 from ..layers import REGISTRY, Layer
 from ..layers.base import on_registry_change
+from .extends import resolve_extends
+from .overrides import apply_overrides
 from .preprocess import Labels, PreprocessSection, check_labels
+from .scaling import Kind, ScaleSection
 from .training import TrainingSection
 from .weightmaps import check_maps, check_rule
 from .yamlio import LocatedData, load_yaml, read_text
@@ -47,6 +51,17 @@ class BlockDef(BaseModel):
     inputs: list[str] = ["x"]
     nodes: list[dict[str, Any]]
     outputs: list[str] | None = None
+    scalable: dict[str, Kind] = {}  # param (or `repeat`, the call's count) -> width | depth
+
+    @field_validator("scalable")
+    @classmethod
+    def _scalable_params(cls, scalable: dict, info: ValidationInfo) -> dict:
+        params = info.data.get("params", {})
+        unknown = [k for k in scalable if k not in params and k != "repeat"]
+        if unknown:
+            raise ValueError(f"'{unknown[0]}' is not a param of the block (nor `repeat`, the "
+                             f"count of a call); params: {', '.join(params) or 'none'}")
+        return scalable
 
 
 def _node_tag(value: Any) -> str | None:
@@ -62,7 +77,7 @@ def _node_union():
 
 
 Node = _node_union()
-SECTIONS = {"training": TrainingSection, "preprocess": PreprocessSection}  # top-level keys that hold a model of their own
+SECTIONS = {"training": TrainingSection, "preprocess": PreprocessSection, "scale": ScaleSection}  # top-level keys that hold a model of their own
 
 
 class NetworkSpec(BaseModel):
@@ -79,6 +94,10 @@ class NetworkSpec(BaseModel):
     preprocess: PreprocessSection | None = None
     labels: Labels | None = None
     weights: dict[str, list[list[Any]]] = {}
+    scale: ScaleSection | None = None
+    extends: str | None = Field(None, description=(  # resolved as the spec is read
+        "a base spec (relative to this one) that this spec changes: nodes by id (replace, "
+        "`delete: true`, new ones `after:`/`before:`), mappings key by key"))
 
     _source: LocatedData | None = PrivateAttr(default=None)
     _path: Path | None = PrivateAttr(default=None)
@@ -93,6 +112,14 @@ class NetworkSpec(BaseModel):
             if any(isinstance(d, int) and d < 1 for d in shape):
                 raise ValueError(f"input '{name}' sizes must be at least 1; received {shape}")
         return inputs
+
+    @field_validator("extends")
+    @classmethod
+    def _extends_read(cls, extends: str | None) -> None:
+        if extends is not None:  # from YAML it is merged in and gone before validation
+            raise ValueError("extends: is resolved when a spec is read from YAML "
+                             "(NetworkSpec.from_yaml / from_text)")
+        return extends
 
     @field_validator("weights", mode="before")
     @classmethod
@@ -118,18 +145,37 @@ class NetworkSpec(BaseModel):
         return self
 
     @classmethod
-    def from_yaml(cls, source: str | Path, *, text: str | None = None) -> "NetworkSpec":
-        """Load from a file path, or from `text` (then `source` names it in errors)."""
+    def from_yaml(cls, source: str | Path, *, text: str | None = None,
+                  overrides: list[str] | None = None) -> "NetworkSpec":
+        """Load from a file path, or from `text` (then `source` names it in errors); its
+        `extends:` merged in and `overrides` (`--set` texts) applied before validation."""
         if text is None:
             text = read_text(source)
         located = load_yaml(text, str(source) if source is not None else None)
+        path = Path(str(source)) if source is not None and Path(str(source)).is_file() else None
+        folder = path.parent if path is not None else Path(".")
+        located = apply_overrides(resolve_extends(located, path), overrides, folder)
         spec = parse_located(cls, located)
         spec._path = Path(source) if text is not None and source and Path(str(source)).exists() else None
         return spec
 
     @classmethod
-    def from_text(cls, text: str, name: str = "<spec>") -> "NetworkSpec":
-        return parse_located(cls, load_yaml(text, name))
+    def from_text(cls, text: str, name: str = "<spec>",
+                  overrides: list[str] | None = None) -> "NetworkSpec":
+        """From YAML text; `extends:` is read relative to the working folder."""
+        located = resolve_extends(load_yaml(text, name), None)
+        return parse_located(cls, apply_overrides(located, overrides))
+
+    def with_overrides(self, overrides: list[str] | None) -> "NetworkSpec":
+        """This spec with `--set` overrides applied, on the data it was read from (so its
+        locations stay) or, for a spec built in Python, on its YAML text."""
+        if not overrides:
+            return self
+        located = self._source or load_yaml(self.to_yaml(), self.name)
+        folder = self._path.parent if self._path else Path(".")
+        spec = parse_located(type(self), apply_overrides(located, overrides, folder))
+        spec._path = self._path
+        return spec
 
     def __eq__(self, other: object) -> bool:
         """Specs are equal when their content is; where they were read from does not matter."""
@@ -147,7 +193,7 @@ class NetworkSpec(BaseModel):
         for section in ("training", "preprocess"):
             if getattr(self, section) is not None:
                 data[section] = getattr(self, section).written()
-        order = ["name", "imports", "inputs", "blocks", "nodes", "outputs", "training",
+        order = ["name", "imports", "inputs", "scale", "blocks", "nodes", "outputs", "training",
                  "preprocess", "labels", "weights"]
         return {k: data[k] for k in order if k in data}
 

@@ -42,6 +42,21 @@ class LocatedData:
             path = path[:-1]
         return self.locs.get(())
 
+    def children(self, prefix: Path_ = ()) -> dict[Any, dict[Path_, Location]]:
+        """The locations below `prefix`, grouped by the key (or index) after it, each keyed by
+        the rest of its path. One pass over the table: overrides and `extends:` rebuild the
+        table of edited or merged data from these groups (each keeps its own file)."""
+        n, groups = len(prefix), {}
+        for path, loc in self.locs.items():
+            if len(path) > n and path[:n] == prefix:
+                groups.setdefault(path[n], {})[path[n + 1:]] = loc
+        return groups
+
+
+def grafted(prefix: Path_, rel: dict[Path_, Location]) -> dict[Path_, Location]:
+    """A group of `children` put back under `prefix`."""
+    return {prefix + path: loc for path, loc in rel.items()}
+
 
 def read_text(path: str | Path, limit: int = MAX_FILE_BYTES) -> str:
     path = Path(path)
