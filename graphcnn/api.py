@@ -35,9 +35,9 @@ def compile_spec(source, *, seed: int = 0, opset: int | None = None, batch: int 
     from .lower.inference import lower
 
     spec = load_spec(source, overrides)
-    checked = check_spec(spec)
+    checked = check_spec(spec)  # its spec: without labels that `overrides` left stale
     return lower(checked, seed=seed, opset=opset, batch=batch, weights=weights,
-                 spec_text=self_contained_text(spec))
+                 spec_text=self_contained_text(checked.spec))
 
 
 def model_for(source: str | Path | NetworkSpec, overrides: list[str] | None = None):
@@ -64,7 +64,8 @@ def model_with_weights(source: str | Path | NetworkSpec, weights: str | Path | N
         spec = load_spec(source, overrides)
         opts = ExportOptions(weights=str(weights), weights_map=weights_map,
                              weights_key=weights_key, partial=partial)
-        return export(check_spec(spec), self_contained_text(spec), opts)
+        checked = check_spec(spec)
+        return export(checked, self_contained_text(checked.spec), opts)
     if overrides:  # a compiled model's structure is fixed
         from .errors import SpecError
         raise SpecError("--set changes a spec; this is an ONNX model", received=str(source),

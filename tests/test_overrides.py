@@ -43,7 +43,8 @@ def test_acceptance_compile_resnet18_with_ten_classes(tmp_path, capsys):
     dims = [d.dim_value or d.dim_param for d in model.graph.output[0].type.tensor_type.shape.dim]
     assert dims == ["N", 10]
     embedded = {p.key: p.value for p in model.metadata_props}
-    assert "features: 10" in next(v for k, v in embedded.items() if "spec" in k)
+    spec_text = next(v for k, v in embedded.items() if "spec" in k)
+    assert "features: 10" in spec_text and "labels" not in spec_text
     assert "labels" not in embedded  # 1,000 ImageNet names no longer fit: left out
 
 

@@ -25,7 +25,8 @@ def cmd_compile(args) -> int:
                          fold_bn=args.fold_bn, precision=args.precision, quantize=args.quantize,
                          calibrate=args.calibrate, portable=args.portable,
                          dynamic=tuple(a for a in (args.dynamic or "").split(",") if a))
-    model, notes = export_to_file(checked, self_contained_text(spec), opts, args.output)
+    # checked.spec: without labels that --set left stale (api.check_spec)
+    model, notes = export_to_file(checked, self_contained_text(checked.spec), opts, args.output)
     for note in notes:
         out(note)
     out(f"wrote {args.output}: {checked.reaching_outputs().total_params:,} parameters, opset "
