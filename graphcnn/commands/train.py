@@ -1,23 +1,21 @@
 """`graphcnn train`: train a spec on data, checkpoint every epoch, export an inference model.
 
-The work is graphcnn.train.job's (through api.training_job); this command parses the flags,
-shows the progress bar and prints the outcome."""
+The work is graphcnn.train.job's; this command parses the flags, shows the progress bar and
+prints the outcome."""
 from __future__ import annotations
 
-from ..api import training_job
+from ..api import check_spec, load_spec
 from .args import spec_positional, weights_args, weights_options
 from .output import out
 from .registry import command, configure
 
 
-@command("train", "train a spec on MNIST-1D or an .npz and export the trained ONNX model")
+@command("train", "train a spec on images, MNIST-1D or an .npz and export the trained ONNX model")
 def cmd_train(args) -> int:
     from ..train.job import fit, init_weights, save_trained
-    from ..train.metrics import final_line
+    from ..train.metrics import final_line, scores_line
 
-    job = training_job(args.spec, args.output, data=args.data, epochs=args.epochs,
-                       batch=args.batch, optimizer=args.optimizer, lr=args.lr,
-                       momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed)
+    job = training_job(args)
     init = None
     if args.weights:
         init, report = init_weights(job, args.weights, **weights_options(args))
@@ -32,16 +30,54 @@ def cmd_train(args) -> int:
             out(f"stopped; continue with: graphcnn train {args.spec} -o {job.output} "
                 f"--resume {job.checkpoint}")
         raise
-    written = save_trained(job, result)
+    notes: list[str] = []
+    written = save_trained(job, result, notes)
     out(final_line(result.history))
+    if result.scores is not None:
+        best = job.recipe.keep == "best"
+        out(scores_line(result.scores, _best_epoch(job, result) if best else None))
+    for line in notes:
+        out(line)
     out("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def training_job(args):
+    """The checked job: the spec (with its --set overrides) and every recipe flag given."""
+    from ..train.job import prepare
+
+    spec = load_spec(args.spec)
+    crop = args.random_resized_crop
+    augment = {k: v for k, v in (("random_resized_crop", crop), ("pad_crop", args.pad_crop),
+                                 ("hflip", args.hflip)) if v is not None}
+    return prepare(spec, check_spec(spec), args.output, data=args.data, spec_path=args.spec,
+                   label=str(args.spec), workers=args.workers, epochs=args.epochs,
+                   batch=args.batch, optimizer=args.optimizer, lr=args.lr,
+                   momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
+                   val=args.val, max_bad=args.max_bad, keep=args.keep, patience=args.patience,
+                   augment=augment or None)
+
+
+def _best_epoch(job, result):
+    from ..train.best import best_epoch
+
+    return best_epoch(result.history, job.recipe.loss)
+
+
+def _scale_range(text: str) -> tuple[float, float]:
+    """--random-resized-crop 0.08 or 0.08,1: the share of the area a crop covers."""
+    parts = [float(v) for v in text.split(",")]
+    if len(parts) not in (1, 2):
+        raise ValueError(text)
+    return (parts[0], parts[1] if len(parts) == 2 else 1.0)
 
 
 @configure(cmd_train)
 def _train_args(p):
     spec_positional(p, "spec", "a spec YAML file (its `training:` section gives the defaults)")
-    p.add_argument("--data", help="'mnist1d' or an .npz with x, y (and x_test, y_test)")
+    p.add_argument("--data", help="a folder of class folders (PNG, JPEG, BMP, WebP; a val/ "
+                   "folder beside them is the held-out set), a CSV of path,label rows, "
+                   "'mnist1d', or an .npz with x, y (and x_test, y_test)")
     p.add_argument("-o", "--output", required=True, help="the trained .onnx model to write")
     p.add_argument("--epochs", type=int, help="total epochs (a resumed run counts the done ones)")
     p.add_argument("--batch", type=int, help="rows per step (a last partial batch is filled up "
@@ -53,6 +89,23 @@ def _train_args(p):
     p.add_argument("--seed", type=int, help="initialisation and shuffling seed")
     p.add_argument("--provider", default="cpu", help="cpu, cuda, or a full provider name")
     p.add_argument("--resume", help="a checkpoint (.ckpt.npz) to continue from")
+    p.add_argument("--val", type=float, metavar="SHARE",
+                   help="hold out this share of each class as the validation set (e.g. 0.2)")
+    p.add_argument("--keep", choices=["last", "best"],
+                   help="export the last epoch's model or the best validation epoch's")
+    p.add_argument("--patience", type=int, metavar="EPOCHS",
+                   help="stop after this many epochs without a better validation score")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="image decoding threads (default: up to 4; 0: in the training thread)")
+    p.add_argument("--max-bad", type=float, metavar="SHARE", help="the share of images that may "
+                   "be unreadable (skipped and listed) before the run stops (default 0.01)")
+    p.add_argument("--random-resized-crop", type=_scale_range, metavar="MIN[,MAX]",
+                   help="augment: random crops covering MIN..MAX of the image's area, resized "
+                   "to the input size")
+    p.add_argument("--pad-crop", type=int, metavar="PIXELS",
+                   help="augment: pad with zeros, then crop back at a random offset")
+    p.add_argument("--hflip", type=float, metavar="P", help="augment: flip left-right with "
+                   "probability P")
     weights_args(p, "--init")  # --init W.pth [--map] [--weights-key] [--partial]: fine-tuning
 
 
@@ -68,7 +121,8 @@ class progress_display:
         self.bar = Bar(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
                        BarColumn(), MofNCompleteColumn(),
                        TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.1%} "
-                                  "{task.fields[rate]:,.0f} samples/s"),
+                                  "{task.fields[rate]:,.0f} images/s, "
+                                  "loader wait {task.fields[waited]:.1f} s"),
                        TimeElapsedColumn(), console=Console(stderr=True))
         self.task = None
 
@@ -76,7 +130,8 @@ class progress_display:
         from ..train.loop import Progress
 
         self.bar.__enter__()
-        return Progress(on_start=self.start, on_step=self.step, on_epoch=self.epoch)
+        return Progress(on_start=self.start, on_step=self.step, on_epoch=self.epoch,
+                        on_note=lambda line: self.bar.console.print(line))
 
     def __exit__(self, *exc):
         return self.bar.__exit__(*exc)
@@ -84,11 +139,11 @@ class progress_display:
     def start(self, first_epoch: int, epochs: int, steps: int) -> None:
         total = max(epochs - first_epoch + 1, 0) * steps
         self.task = self.bar.add_task("train", total=total, epoch=first_epoch, epochs=epochs,
-                                      loss=float("nan"), acc=0.0, rate=0.0)
+                                      loss=float("nan"), acc=0.0, rate=0.0, waited=0.0)
 
     def step(self, info: dict) -> None:
         self.bar.update(self.task, advance=1, epoch=info["epoch"], loss=info["loss"],
-                        acc=info["accuracy"], rate=info["samples_per_s"])
+                        acc=info["accuracy"], rate=info["samples_per_s"], waited=info["waited"])
 
     def epoch(self, record: dict) -> None:
         every = max(1, self.recipe.epochs // 20)  # about 20 lines for a long run
@@ -98,4 +153,7 @@ class progress_display:
                f"acc {record['train_accuracy']:.1%}"
         if "test_loss" in record:
             text += f", test loss {record['test_loss']:.4f} acc {record['test_accuracy']:.1%}"
-        self.bar.console.print(text + f" ({record['seconds']:.1f} s)")
+        if "test_top5" in record:
+            text += f" top-5 {record['test_top5']:.1%}"
+        self.bar.console.print(text + f" ({record['seconds']:.1f} s, loader wait "
+                               f"{record['loader_wait']:.1f} s)")

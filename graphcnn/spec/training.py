@@ -6,7 +6,7 @@ the section key by key (train/recipe.py).
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -15,12 +15,45 @@ SEGMENTATION_IGNORE = 255
 
 # Adam's moment decay rates: at 1 a moment never forgets, and its bias correction 1 - beta^t is 0
 Decay = Annotated[float, Field(ge=0, lt=1)]
+Share = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+Ratio = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class AugmentSection(BaseModel):
+    """Image augmentation, drawn afresh for every image of every epoch (train/augment.py).
+    `random_resized_crop` [min, max]: the share of the image's area a crop covers (torchvision's
+    RandomResizedCrop scale, aspect `ratio`), resized to the input size in place of the
+    `preprocess:` resize and center crop; `pad_crop`: zero padding on each side, then a random
+    crop back to the input size; `hflip`: the probability of a horizontal flip."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    random_resized_crop: Optional[tuple[Share, Share]] = None
+    ratio: tuple[Ratio, Ratio] = (3 / 4, 4 / 3)
+    pad_crop: int = Field(0, ge=0, le=4096)
+    hflip: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        for name in ("random_resized_crop", "ratio"):
+            low, high = getattr(self, name) or (0, 0)
+            if low > high:
+                raise ValueError(f"{name} is [low, high] with low <= high; received [{low}, {high}]")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return bool(self.random_resized_crop or self.pad_crop or self.hflip)
 
 
 class TrainingSection(BaseModel):
-    """Loss, optimizer and schedule. `data` is 'mnist1d' or an .npz path (relative to the spec).
-    `ignore_index`: the label cross_entropy leaves out (default: 255, as torchvision's
-    segmentation references, for per-pixel scores [N, C, *spatial]; none for class scores)."""
+    """Loss, optimizer and schedule. `data` is 'mnist1d', an .npz, a folder of class folders or
+    a CSV of `path,label` rows (relative to the spec). `ignore_index`: the label cross_entropy
+    leaves out (default: 255, as torchvision's segmentation references, for per-pixel scores
+    [N, C, *spatial]; none for class scores). `val`: the share of the training data held out
+    for validation (when the data has no held-out set of its own); `max_bad`: the share of
+    images that may be unreadable (skipped and listed) before the run stops; `keep`: export the
+    last epoch's model or the best validation epoch's; `patience`: stop after this many epochs
+    without a better validation result."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"
@@ -35,9 +68,14 @@ class TrainingSection(BaseModel):
     data: str | None = None
     seed: int = Field(0, ge=0)
     ignore_index: int | None = None
+    val: Optional[float] = Field(None, gt=0, lt=1)
+    augment: AugmentSection = AugmentSection()
+    max_bad: float = Field(0.01, ge=0, le=1)
+    keep: Literal["last", "best"] = "last"
+    patience: Optional[int] = Field(None, ge=1)
 
     @field_validator("lr", "momentum", "weight_decay", "eps", "epochs", "batch", "seed",
-                     "ignore_index", mode="before")
+                     "ignore_index", "val", "max_bad", "patience", mode="before")
     @classmethod
     def _no_bool_for_numbers(cls, value):
         """pydantic reads `epochs: true` as 1; a YAML true/false is not a number."""

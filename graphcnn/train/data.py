@@ -21,10 +21,34 @@ from ..spec.training import ignored_label
 
 @dataclass(frozen=True)
 class Dataset:
+    """Arrays in memory. The loop reads any dataset through the methods below (an image
+    folder's, train/images.py, streams from disk instead)."""
+
     x: np.ndarray
     y: np.ndarray
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    classes: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batches(self, batch: int, rng: np.random.Generator, epoch: int) -> Iterator["Batch"]:
+        return epoch_batches(self.x, self.y, batch, rng)
+
+    @property
+    def has_held_out(self) -> bool:
+        return self.x_test is not None
+
+    def held_out(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(self.x_test), size):
+            yield self.x_test[start:start + size], self.y_test[start:start + size]
+
+    def notes(self) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -73,9 +97,11 @@ def npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
         raise DataError(f"cannot read data file {path}: {exc}") from None
 
 
-def load_data(source: str | Path, checked, loss: str, ignore_index: int | None = None) -> Dataset:
+def load_data(source: str | Path, checked, loss: str, ignore_index: int | None = None,
+              val: float | None = None, seed: int = 0) -> Dataset:
     """'mnist1d' or an .npz with x, y and optional x_test, y_test, checked against the spec
-    (`ignore_index`: the training section's, a label cross_entropy leaves out)."""
+    (`ignore_index`: the training section's, a label cross_entropy leaves out); `val` holds
+    that share of x, y out (split_off) when there is no x_test."""
     arrays = mnist1d_arrays() if str(source) == "mnist1d" else npz_arrays(source)
     where = "mnist1d" if str(source) == "mnist1d" else str(source)
     for key in ("x", "y"):
@@ -91,7 +117,15 @@ def load_data(source: str | Path, checked, loss: str, ignore_index: int | None =
     checked_parts = [check_pair(where, kx, ky, arrays[kx], arrays[ky], in_shape, out_shape, loss,
                                 ignore) for kx, ky in parts]
     flat = [a for pair in checked_parts for a in pair]
-    return Dataset(*flat)
+    return Dataset(*flat) if val is None else held_out_rows(Dataset(*flat), where, val, seed)
+
+
+def held_out_rows(data: Dataset, where: str, val: float, seed: int) -> Dataset:
+    if data.x_test is not None:
+        raise DataError(f"{where} has a held-out set of its own (x_test, y_test)",
+                        hint="leave out --val (or `val:` in the training section)")
+    kept, held = split_off(data.y, val, seed)
+    return Dataset(data.x[kept], data.y[kept], data.x[held], data.y[held])
 
 
 def check_pair(where, kx, ky, x, y, in_shape, out_shape, loss, ignore=None):
@@ -169,16 +203,37 @@ def is_integral(y: np.ndarray) -> bool:
 
 def epoch_batches(data_x, data_y, batch: int, rng: np.random.Generator) -> Iterator[Batch]:
     """One shuffled pass; the last batch is padded (see the module docstring)."""
-    n = len(data_x)
+    for idx, real in batch_plans(len(data_x), batch, rng):
+        mask = np.zeros(batch, dtype=np.float32)
+        mask[:real] = 1.0
+        yield Batch(data_x[idx], data_y[idx], mask, real)
+
+
+def batch_plans(n: int, batch: int, rng: np.random.Generator) -> list[tuple[np.ndarray, int]]:
+    """(row numbers, how many are real) of each batch of one shuffled pass over n rows."""
     order = rng.permutation(n)
+    plans = []
     for start in range(0, n, batch):
         idx = order[start:start + batch]
         real = len(idx)
         if real < batch:
             idx = np.concatenate([idx, np.resize(order, batch - real)])
-        mask = np.zeros(batch, dtype=np.float32)
-        mask[:real] = 1.0
-        yield Batch(data_x[idx], data_y[idx], mask, real)
+        plans.append((idx, real))
+    return plans
+
+
+def split_off(labels: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept rows, held-out rows), both sorted: `share` of each class held out (at least one
+    row of a class with two or more), drawn from `seed`; without class labels, of all rows."""
+    rng = np.random.default_rng([seed, 0x5A1])  # not the shuffle's stream
+    groups = [np.flatnonzero(labels == c) for c in np.unique(labels)] \
+        if labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer) else [np.arange(len(labels))]
+    held = [rng.permutation(g)[:max(int(round(share * len(g))), int(len(g) > 1))] for g in groups]
+    held = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+    if len(held) == 0 or len(held) == len(labels):
+        raise DataError(f"--val {share} leaves no rows to {'train on' if len(held) else 'validate'}",
+                        received=f"{len(labels)} rows")
+    return np.setdiff1d(np.arange(len(labels)), held), held
 
 
 def steps_per_epoch(n: int, batch: int) -> int:

@@ -7,6 +7,8 @@ epoch; `save_trained` writes the trained inference model and the metrics beside 
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +18,11 @@ from ..lower.save import save_model
 from ..spec import NetworkSpec
 from .checkpoint import checkpoint_path
 from .data import Dataset, load_data
+from .imagedata import image_data, is_image_data
 from .loop import Progress, TrainResult, build_step, train
-from .metrics import write_metrics
+from .metrics import write_confusion, write_metrics
 from .recipe import Recipe, recipe_of
-from .trained_model import export_model
+from .trained_model import weight_names
 
 
 @dataclass(frozen=True)
@@ -40,16 +43,24 @@ class TrainingJob:
 
 def prepare(spec: NetworkSpec, checked: CheckedGraph, output: str | Path, *,
             data: str | Path | None = None, spec_path: str | Path | None = None,
-            label: str = "", **overrides) -> TrainingJob:
-    """The job of training `checked` into `output`. `data` ('mnist1d' or an .npz) and the
-    recipe `overrides` (epochs, batch, optimizer, lr, momentum, weight_decay, seed; None keeps
-    the spec's value) replace the spec's `training:` keys; a relative data path that is not
-    found from the working folder is read beside `spec_path`."""
+            label: str = "", workers: int | None = None, **overrides) -> TrainingJob:
+    """The job of training `checked` into `output`. `data` ('mnist1d', an .npz, a folder of
+    class folders or a CSV) and the recipe `overrides` (any `training:` key, e.g. epochs,
+    batch, lr, val, augment; None keeps the spec's value) replace the spec's `training:` keys;
+    a relative data path that is not found from the working folder is read beside
+    `spec_path`. `workers`: the image loader's threads (default: up to 4)."""
     recipe = training_recipe(spec, data=None if data is None else str(data), **overrides)
     output = output_path(output)
-    dataset = load_data(data_source(recipe.data, spec_path), checked, recipe.loss,
-                        recipe.ignore_index)
+    dataset = open_data(data_source(recipe.data, spec_path), checked, recipe, workers)
     return TrainingJob(spec, checked, recipe, dataset, output, label)
+
+
+def open_data(source: str | Path, checked: CheckedGraph, recipe: Recipe, workers: int | None):
+    """Arrays in memory ('mnist1d', .npz), or images streamed from a folder or a CSV."""
+    if source != "mnist1d" and is_image_data(Path(source)):
+        workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        return image_data(Path(source), checked, recipe, workers)
+    return load_data(source, checked, recipe.loss, recipe.ignore_index, recipe.val, recipe.seed)
 
 
 def training_recipe(spec, **flags) -> Recipe:
@@ -68,15 +79,15 @@ def output_path(output: str | Path) -> Path:
 def data_source(data: str | None, spec_path: str | Path | None) -> str | Path:
     """'mnist1d', or a path; a path from the spec's `training.data` is relative to the spec."""
     if data is None:
-        raise DataError("no training data", hint="give --data mnist1d|FILE.npz or set "
+        raise DataError("no training data", hint="give --data mnist1d|FILE.npz|FOLDER|FILE.csv or set "
                         "`training: {data: ...}` in the spec")
     if data == "mnist1d":
         return data
     path = Path(data)
     if not path.is_absolute() and not path.exists() and spec_path is not None:
         path = Path(spec_path).parent / path
-    if not path.is_file():
-        raise DataError(f"no such data file: {data}")
+    if not path.exists():
+        raise DataError(f"no such data file or folder: {data}")
     return path
 
 
@@ -90,8 +101,12 @@ def fit(job: TrainingJob, *, resume: str | Path | None = None, provider: str = "
         from ..errors import DataError
 
         raise DataError("--resume continues a run and --init starts one: give one of them")
-    return train(job.checked, job.recipe, job.data, checkpoint=job.checkpoint, resume=resume,
-                 provider=provider, threads=threads, progress=progress, init=init)
+    try:
+        return train(job.checked, job.recipe, job.data, checkpoint=job.checkpoint,
+                     resume=resume, provider=provider, threads=threads, progress=progress,
+                     init=init)
+    finally:
+        job.data.close()  # the image loader's threads
 
 
 def init_weights(job: TrainingJob, path: str | Path, **options) -> tuple[dict, list[str]]:
@@ -104,14 +119,37 @@ def init_weights(job: TrainingJob, path: str | Path, **options) -> tuple[dict, l
     return arrays, report.lines()
 
 
-def save_trained(job: TrainingJob, result: TrainResult) -> list[Path]:
-    """Export the trained inference model and write its metrics; returns every file the run
-    wrote: the model, the checkpoint, then the metrics files."""
-    export_model(job.checked, result.values, job.output, spec_text=_spec_text(job.spec),
-                 seed=job.recipe.seed)
-    written = write_metrics(result.history, job.output, {"spec": job.label,
-                                                         "recipe": job.recipe.model_dump()})
+def save_trained(job: TrainingJob, result: TrainResult, notes: list[str] | None = None) -> list[Path]:
+    """Export the trained inference model (the class names of a folder dataset become its
+    labels when the spec has none) and write its metrics and the held-out set's confusion
+    matrix; returns every file the run wrote: the model, the checkpoint, then the metrics.
+    `notes` gets a line for what was left out (a PNG without matplotlib)."""
+    export_trained(job, result.values)
+    extra = {"spec": job.label, "recipe": job.recipe.model_dump()}
+    skipped = getattr(getattr(job.data, "bad", None), "found", None)
+    if skipped:
+        extra["skipped_images"] = skipped
+    written = write_metrics(result.history, job.output, extra)
+    if result.scores is not None and result.scores.confusion is not None:
+        files, note = write_confusion(result.scores.confusion, job.data.classes, job.output)
+        written += files
+        if note and notes is not None:
+            notes.append(note)
     return [job.output, job.checkpoint, *written]
+
+
+def export_trained(job: TrainingJob, values) -> None:
+    from ..lower.inference import lower
+    from ..lower.metadata import LABELS
+    from onnx import helper
+
+    weights = {name: values[name] for name in weight_names(job.checked)}
+    model = lower(job.checked, seed=job.recipe.seed, weights=weights, spec_text=_spec_text(job.spec))
+    props = {p.key: p.value for p in model.metadata_props}
+    if job.data.classes and LABELS not in props:
+        helper.set_model_props(model, {**props, LABELS: json.dumps(job.data.classes,
+                                                                   ensure_ascii=False)})
+    save_model(model, job.output)
 
 
 def save_training_step(spec, checked, output: str | Path, *, batch: int | None = None,

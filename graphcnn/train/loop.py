@@ -15,11 +15,11 @@ from typing import Callable
 import numpy as np
 
 from ..errors import RunError
-from ..spec.training import ignored_label
 from ..runtime import session
+from .best import BestKeeper
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .data import Batch, Dataset, epoch_batches, steps_per_epoch
-from .trained_model import evaluation_model, prediction_loss, weight_names
+from .data import Batch, Dataset, steps_per_epoch
+from .evaluate import Evaluator, Scores
 from .recipe import Recipe
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(double)": np.float64,
@@ -92,83 +92,102 @@ class Progress:
     on_start: Callable[[int, int, int], None] = lambda first_epoch, epochs, steps: None
     on_step: Callable[[dict], None] = lambda info: None
     on_epoch: Callable[[dict], None] = lambda record: None
+    on_note: Callable[[str], None] = lambda line: None  # e.g. an image skipped, an early stop
 
 
 @dataclass
 class TrainResult:
+    """The tensors to export (the last epoch's, or the best one's under `keep: best`), the
+    per-epoch history, the steps taken, and the held-out scores of the exported tensors."""
+
     values: dict[str, np.ndarray]
     history: list[dict] = field(default_factory=list)
     step: int = 0
-
-
-class Evaluator:
-    """Test loss and accuracy of the current tensors, through the inference lowering."""
-
-    def __init__(self, checked, loss: str, provider: str = "cpu", chunk: int = 1000,
-                 ignore_index: int | None = None):
-        self.checked, self.loss, self.chunk = checked, loss, chunk
-        self.ignore = ignored_label(ignore_index, checked.shape_of(checked.outputs[0]))
-        self.sess = session(evaluation_model(checked), provider, nchwc=True)
-        self.names = weight_names(checked)
-        self.probabilities = checked.node(checked.outputs[0]).layer.probability_output
-
-    def __call__(self, values: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray):
-        weights = {n: values[n] for n in self.names}
-        (name,) = self.checked.inputs
-        totals = np.zeros(3)  # summed loss, correct targets, counted targets
-        for start in range(0, len(x), self.chunk):
-            out = self.sess.run(None, {name: x[start:start + self.chunk], **weights})[0]
-            totals += prediction_loss(out, y[start:start + self.chunk], self.loss,
-                                      self.probabilities, self.ignore)
-        counted = max(totals[2], 1.0)
-        return float(totals[0] / counted), float(totals[1] / counted)
+    scores: Scores | None = None
 
 
 def train(checked, recipe: Recipe, data: Dataset, *, checkpoint: str | Path | None = None,
           resume: str | Path | None = None, provider: str = "cpu", threads: int | None = None,
           progress: Progress | None = None, step=None, init=None) -> TrainResult:
-    """Train for recipe.epochs epochs (counting those a resumed checkpoint already did).
-    `init`: parameters by spec id to start from (a pretrained checkpoint) instead of the
-    initialisation; parameters it lacks (a new head) keep their initial values."""
-    from .step import initial_state
-
+    """Train for recipe.epochs epochs (counting those a resumed checkpoint already did), or
+    until `patience` epochs bring no better held-out score. `data`: a Dataset, or anything with
+    its methods (train/imagedata.ImageData). `init`: parameters by spec id to start from (a
+    pretrained checkpoint) instead of the initialisation; parameters it lacks (a new head)
+    keep their initial values."""
     progress = progress or Progress()
     step = step or build_step(checked, recipe)
     names = list(step.params) + list(step.state)
+    keeper = BestKeeper(recipe, checkpoint, data.has_held_out)
     rng = np.random.default_rng(recipe.seed)
+    ckpt = starting_point(checked, step, recipe, rng, resume, init)
+    keeper.resume(ckpt.history, names)
+    runner = StepRunner(step, ckpt.values, provider, threads)
+    evaluate = Evaluator(checked, recipe.loss, provider, ignore_index=recipe.ignore_index)
+    history, step_no, values, scores = list(ckpt.history), ckpt.step, ckpt.values, None
+    progress.on_start(ckpt.epoch + 1, recipe.epochs, steps_per_epoch(len(data), recipe.batch))
+    for epoch in range(ckpt.epoch + 1, recipe.epochs + 1):
+        if history and keeper.stop(history):
+            break
+        started = time.perf_counter()
+        done = run_epoch(runner, data, recipe, rng, epoch, step_no, progress, checkpoint)
+        values, step_no = runner.values(), done.step_no
+        scores = evaluate(values, data.held_out(evaluate.chunk)) if data.has_held_out else None
+        record = epoch_record(epoch, done, scores, time.perf_counter() - started)
+        history.append(record)
+        ckpt = Checkpoint(values, epoch, step_no, rng.bit_generator.state, history,
+                          recipe.model_dump())
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, ckpt)
+        keeper.update(history, values, ckpt)
+        progress.on_epoch(record)
+        tell(progress, data)
+    if history and keeper.stop(history) and history[-1]["epoch"] < recipe.epochs:
+        progress.on_note(f"stopped early: no better held-out score in {recipe.patience} epochs")
+    chosen = keeper.chosen(values)
+    if data.has_held_out and (chosen is not values or scores is None):  # not the last epoch's
+        scores = evaluate(chosen, data.held_out(evaluate.chunk))
+    return TrainResult(chosen, history, step_no, scores)
+
+
+def starting_point(checked, step, recipe: Recipe, rng, resume, init) -> Checkpoint:
+    """The checkpoint to resume (the shuffle's state restored into `rng`), or the initial
+    tensors (with `init`'s parameters laid over them)."""
+    from .step import initial_state
+
+    names = list(step.params) + list(step.state)
     if resume is not None:
         ckpt = load_checkpoint(resume, names)
         rng.bit_generator.state = ckpt.rng_state
-    else:
-        start = initial_state(checked, step, recipe.seed)
-        start.update({name: value for name, value in (init or {}).items() if name in start})
-        ckpt = Checkpoint(start, 0, 0, rng.bit_generator.state)
-    runner = StepRunner(step, ckpt.values, provider, threads)
-    evaluate = Evaluator(checked, recipe.loss, provider, ignore_index=recipe.ignore_index)
-    history, step_no = list(ckpt.history), ckpt.step
-    per_epoch = steps_per_epoch(len(data.x), recipe.batch)
-    progress.on_start(ckpt.epoch + 1, recipe.epochs, per_epoch)
-    values = ckpt.values
-    for epoch in range(ckpt.epoch + 1, recipe.epochs + 1):
-        started = time.perf_counter()
-        train_loss, train_acc, step_no = run_epoch(runner, data, recipe, rng, epoch, step_no,
-                                                   progress, checkpoint)
-        values = runner.values()
-        record = epoch_record(epoch, step_no, train_loss, train_acc, evaluate, values, data,
-                              time.perf_counter() - started)
-        history.append(record)
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, Checkpoint(values, epoch, step_no, rng.bit_generator.state,
-                                                   history, recipe.model_dump()))
-        progress.on_epoch(record)
-    return TrainResult(values, history, step_no)
+        return ckpt
+    start = initial_state(checked, step, recipe.seed)
+    start.update({name: value for name, value in (init or {}).items() if name in start})
+    return Checkpoint(start, 0, 0, rng.bit_generator.state)
 
 
-def run_epoch(runner: StepRunner, data: Dataset, recipe: Recipe, rng, epoch: int, step_no: int,
-              progress: Progress, checkpoint) -> tuple[float, float, int]:
-    total_loss = total_correct = counted = seen = 0.0
+def tell(progress: Progress, data) -> None:
+    for line in data.notes():
+        progress.on_note(line)
+
+
+@dataclass
+class EpochTotals:
+    loss: float
+    accuracy: float
+    step_no: int
+    waited: float  # seconds the step waited for the loader
+
+
+def run_epoch(runner: StepRunner, data, recipe: Recipe, rng, epoch: int, step_no: int,
+              progress: Progress, checkpoint) -> EpochTotals:
+    total_loss = total_correct = counted = seen = waited = 0.0
     started = time.perf_counter()
-    for batch in epoch_batches(data.x, data.y, recipe.batch, rng):
+    batches = data.batches(recipe.batch, rng, epoch)
+    while True:
+        asked = time.perf_counter()
+        batch = next(batches, None)
+        waited += time.perf_counter() - asked
+        if batch is None:
+            break
         step_no += 1
         loss, correct, targets = runner.run(batch, recipe.lr, step_no)
         if not np.isfinite(loss):
@@ -177,11 +196,12 @@ def run_epoch(runner: StepRunner, data: Dataset, recipe: Recipe, rng, epoch: int
         total_correct += correct
         counted += targets
         seen += batch.real
+        tell(progress, data)
         progress.on_step({"epoch": epoch, "step": step_no, "loss": loss,
-                          "accuracy": correct / max(targets, 1.0),
+                          "accuracy": correct / max(targets, 1.0), "waited": waited,
                           "samples_per_s": seen / max(time.perf_counter() - started, 1e-9)})
     counted = max(counted, 1.0)
-    return total_loss / counted, total_correct / counted, step_no
+    return EpochTotals(total_loss / counted, total_correct / counted, step_no, waited)
 
 
 def diverged(loss: float, epoch: int, step_no: int, checkpoint) -> RunError:
@@ -191,11 +211,8 @@ def diverged(loss: float, epoch: int, step_no: int, checkpoint) -> RunError:
                     + kept, hint="try a smaller --lr, or gradient-friendlier data scaling")
 
 
-def epoch_record(epoch, step_no, train_loss, train_acc, evaluate, values, data, seconds) -> dict:
-    record = {"epoch": epoch, "step": step_no, "train_loss": train_loss,
-              "train_accuracy": train_acc}
-    if data.x_test is not None:
-        test_loss, test_acc = evaluate(values, data.x_test, data.y_test)
-        record.update(test_loss=test_loss, test_accuracy=test_acc)
-    record["seconds"] = seconds
+def epoch_record(epoch: int, done: EpochTotals, scores: Scores | None, seconds: float) -> dict:
+    record = {"epoch": epoch, "step": done.step_no, "train_loss": done.loss,
+              "train_accuracy": done.accuracy, **(scores.record() if scores else {})}
+    record.update(seconds=seconds, loader_wait=done.waited)
     return record

@@ -14,13 +14,17 @@ class Recipe(TrainingSection):
     """Loss, optimizer and schedule, as the spec wrote them or the command line overrode them."""
 
     def override(self, **flags: Any) -> "Recipe":
-        """A copy with the flags that were given (not None) replacing the section's values."""
-        given = {k: v for k, v in flags.items() if v is not None}
+        """A copy with the flags that were given (not None) replacing the section's values; a
+        dict for a nested section (augment) replaces only the keys it holds."""
+        current = self.model_dump()
+        given = {k: {**current[k], **v} if isinstance(v, dict) and isinstance(current.get(k), dict)
+                 else v for k, v in flags.items() if v is not None}
         try:
-            return Recipe.model_validate({**self.model_dump(), **given})
+            return Recipe.model_validate({**current, **given})
         except ValidationError as exc:
             err = exc.errors()[0]
-            name = str(err["loc"][0]) if err["loc"] else "training"
+            names = [part for part in err["loc"] if isinstance(part, str)]
+            name = names[-1] if names else "training"  # augment.hflip: the flag is --hflip
             raise SpecError(f"bad value for --{name.replace('_', '-')}: {err['msg']}",
                             received=repr(err.get("input"))) from None
 
