@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..api import check_spec
 from ..errors import GraphCnnError
+from .args import spec_positional
 from .output import out
 from .registry import command, configure
 
@@ -51,7 +52,7 @@ def _rendered(dot_text: str, target: Path) -> bytes:
 
 @configure(cmd_draw)
 def _draw_args(p):
-    p.add_argument("spec", help="a spec YAML file")
+    spec_positional(p)
     p.add_argument("-o", "--output", required=True,
                    help="net.svg or net.png (needs Graphviz), net.dot, or net.mmd (Mermaid)")
     p.add_argument("--depth", type=int, default=None,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..errors import SpecError
+from .args import spec_positional
 from .output import out, print_json
 from .registry import command, configure
 
@@ -25,7 +26,7 @@ def cmd_sizes(args) -> int:
 
 @configure(cmd_sizes)
 def _sizes_args(p):
-    p.add_argument("spec", help="a spec YAML file (symbolic sizes like [3, H, W] or concrete)")
+    spec_positional(p, help="a spec YAML file (symbolic sizes like [3, H, W] or concrete)")
     p.add_argument("--range", default="1:1100", metavar="A:B",
                    help="the input sizes to try, both ends included (default %(default)s)")
     p.add_argument("--axis", default=None, metavar="NAME",
