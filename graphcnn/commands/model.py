@@ -67,8 +67,9 @@ def _compile_training(args, spec, checked) -> int:
     out(f"wrote {args.output}: training step ({recipe.loss}, {recipe.optimizer}), batch "
         f"{recipe.batch}, {len(step.params)} parameter tensors, {len(step.state)} state tensors, "
         f"{len(step.model.graph.node)} ONNX nodes")
+    scalars = [o.name for o in step.model.graph.output if not o.name.endswith(".new")]
     out("inputs: " + ", ".join(i.name for i in step.model.graph.input[:5]) + ", then each "
-        "carried tensor; outputs: loss, correct and <name>.new per carried tensor")
+        f"carried tensor; outputs: {', '.join(scalars)} and <name>.new per carried tensor")
     return 0
 
 
