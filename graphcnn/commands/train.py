@@ -44,24 +44,39 @@ def cmd_train(args) -> int:
 
 def training_job(args):
     """The checked job: the spec (with its --set overrides) and every recipe flag given."""
-    from ..train.job import prepare
+    from ..train.job import head_override, prepare
 
     spec = load_spec(args.spec)
-    crop = args.random_resized_crop
-    augment = {k: v for k, v in (("random_resized_crop", crop), ("pad_crop", args.pad_crop),
-                                 ("hflip", args.hflip)) if v is not None}
+    if args.head_classes is not None:  # the classifier replaced through a --set of its own
+        head = head_override(check_spec(spec), args.head_classes)
+        spec = load_spec(args.spec, [*getattr(args.spec, "overrides", ()), head])
     return prepare(spec, check_spec(spec), args.output, data=args.data, spec_path=args.spec,
                    label=str(args.spec), workers=args.workers, epochs=args.epochs,
                    batch=args.batch, optimizer=args.optimizer, lr=args.lr,
                    momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
                    val=args.val, max_bad=args.max_bad, keep=args.keep, patience=args.patience,
-                   augment=augment or None)
+                   label_smoothing=args.label_smoothing, clip_norm=args.clip_norm,
+                   no_decay_norm_bias=args.no_decay_norm_bias,
+                   freeze=[p for text in args.freeze or () for p in text.split(",") if p] or None,
+                   augment=given(random_resized_crop=args.random_resized_crop,
+                                 pad_crop=args.pad_crop, hflip=args.hflip),
+                   schedule=given(kind=args.schedule, warmup=args.warmup,
+                                  milestones=args.milestones))
+
+
+def given(**values) -> dict | None:
+    """The nested section's keys that flags gave (None: no flag touched the section)."""
+    return {k: v for k, v in values.items() if v is not None} or None
 
 
 def _best_epoch(job, result):
     from ..train.best import best_epoch
 
     return best_epoch(result.history, job.recipe.loss)
+
+
+def _numbers(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
 
 
 def _scale_range(text: str) -> tuple[float, float]:
@@ -106,6 +121,21 @@ def _train_args(p):
                    help="augment: pad with zeros, then crop back at a random offset")
     p.add_argument("--hflip", type=float, metavar="P", help="augment: flip left-right with "
                    "probability P")
+    p.add_argument("--schedule", choices=["constant", "step", "multistep", "cosine", "onecycle"],
+                   help="how the learning rate moves (more keys: --set training.schedule.KEY=V)")
+    p.add_argument("--warmup", type=float, metavar="EPOCHS", help="linear warmup of the rate")
+    p.add_argument("--milestones", type=_numbers, metavar="E1,E2",
+                   help="multistep: the epochs after which the rate is multiplied by gamma")
+    p.add_argument("--label-smoothing", type=float, metavar="E",
+                   help="cross_entropy against (1 - E) onehot + E / classes")
+    p.add_argument("--clip-norm", type=float, metavar="NORM",
+                   help="scale the gradients down to this global L2 norm")
+    p.add_argument("--no-decay-norm-bias", action="store_true", default=None,
+                   help="no weight decay on biases and normalisation scales (one-axis tensors)")
+    p.add_argument("--freeze", action="append", metavar="IDS", help="keep these nodes fixed: "
+                   "ids, block instances or patterns (stage1, 'stage*.block0'); repeatable")
+    p.add_argument("--head-classes", type=int, metavar="K",
+                   help="replace the classifier (the last linear or conv) with K outputs")
     weights_args(p, "--init")  # --init W.pth [--map] [--weights-key] [--partial]: fine-tuning
 
 

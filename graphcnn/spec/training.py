@@ -45,6 +45,35 @@ class AugmentSection(BaseModel):
         return bool(self.random_resized_crop or self.pad_crop or self.hflip)
 
 
+class ScheduleSection(BaseModel):
+    """How the learning rate moves (train/schedule.py), per step, from `lr`: constant;
+    step (times `gamma` every `step_size` epochs); multistep (times `gamma` at each of the
+    `milestones`, in epochs); cosine (down to `min_lr` over the run, after `warmup` epochs of
+    linear warmup); onecycle (torch's OneCycleLR with `lr` as its max_lr: up from lr /
+    `div_factor` for `pct_start` of the run, then down to that / `final_div_factor`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["constant", "step", "multistep", "cosine", "onecycle"] = "constant"
+    step_size: int = Field(1, ge=1)
+    milestones: list[Annotated[int, Field(ge=1)]] = []
+    gamma: float = Field(0.1, gt=0, allow_inf_nan=False)
+    warmup: float = Field(0.0, ge=0, allow_inf_nan=False)
+    min_lr: float = Field(0.0, ge=0, allow_inf_nan=False)
+    pct_start: float = Field(0.3, gt=0, lt=1)
+    div_factor: float = Field(25.0, gt=0, allow_inf_nan=False)
+    final_div_factor: float = Field(1e4, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.milestones != sorted(set(self.milestones)):
+            raise ValueError(f"milestones must increase; received {self.milestones}")
+        if self.kind == "multistep" and not self.milestones:
+            raise ValueError("multistep needs milestones (epochs)")
+        if self.warmup and self.kind == "onecycle":
+            raise ValueError("onecycle warms up by itself (pct_start); leave out warmup")
+        return self
+
+
 class TrainingSection(BaseModel):
     """Loss, optimizer and schedule. `data` is 'mnist1d', an .npz, a folder of class folders or
     a CSV of `path,label` rows (relative to the spec). `ignore_index`: the label cross_entropy
@@ -53,7 +82,11 @@ class TrainingSection(BaseModel):
     for validation (when the data has no held-out set of its own); `max_bad`: the share of
     images that may be unreadable (skipped and listed) before the run stops; `keep`: export the
     last epoch's model or the best validation epoch's; `patience`: stop after this many epochs
-    without a better validation result."""
+    without a better validation result. `label_smoothing` (torch's): the target puts that
+    share on all classes evenly; `clip_norm`: scale the gradients down to this global L2 norm;
+    `no_decay_norm_bias`: no weight decay on tensors of one axis (biases, normalisation
+    scales); `freeze`: node ids, block instances or patterns (`stage1`, `stage*.block0`) kept
+    fixed, their gradients not computed, their batchnorm in inference mode."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"
@@ -73,9 +106,15 @@ class TrainingSection(BaseModel):
     max_bad: float = Field(0.01, ge=0, le=1)
     keep: Literal["last", "best"] = "last"
     patience: Optional[int] = Field(None, ge=1)
+    schedule: ScheduleSection = ScheduleSection()
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    clip_norm: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
+    no_decay_norm_bias: bool = False
+    freeze: list[str] = []
 
     @field_validator("lr", "momentum", "weight_decay", "eps", "epochs", "batch", "seed",
-                     "ignore_index", "val", "max_bad", "patience", mode="before")
+                     "ignore_index", "val", "max_bad", "patience", "label_smoothing",
+                     "clip_norm", mode="before")
     @classmethod
     def _no_bool_for_numbers(cls, value):
         """pydantic reads `epochs: true` as 1; a YAML true/false is not a number."""
@@ -85,8 +124,10 @@ class TrainingSection(BaseModel):
 
     @model_validator(mode="after")
     def _ignore_index_needs_labels(self):
-        if self.ignore_index is not None and self.loss != "cross_entropy":
-            raise ValueError("ignore_index applies to loss: cross_entropy only")
+        used = {"ignore_index": self.ignore_index is not None,
+                "label_smoothing": self.label_smoothing > 0}
+        for key in (k for k, v in used.items() if v and self.loss != "cross_entropy"):
+            raise ValueError(f"{key} applies to loss: cross_entropy only")
         return self
 
     def written(self) -> dict:

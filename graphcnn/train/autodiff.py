@@ -11,7 +11,8 @@ from __future__ import annotations
 from ..errors import GraphCnnError
 from ..graph import CheckedGraph
 from ..lower.emitter import Emitter
-from ..lower.walk import lower_nodes, training
+from ..lower.walk import inference, lower_nodes, training
+from .freeze import frozen_vjp, has_state, learning_nodes
 
 
 class TrainEmitter(Emitter):
@@ -36,22 +37,27 @@ class TrainEmitter(Emitter):
         return super().array(self.phase + name, values)
 
 
-def forward(g: TrainEmitter, checked: CheckedGraph) -> None:
-    """Emit every node in training mode; each result is named by its node id."""
-    lower_nodes(g, checked.nodes, training)
+def forward(g: TrainEmitter, checked: CheckedGraph, frozen: frozenset[str] = frozenset()) -> None:
+    """Emit every node in training mode (a frozen node with state in inference mode, see
+    train/freeze.py); each result is named by its node id."""
+    def lowering(node):
+        return inference(node) if node.id in frozen and has_state(node) else training(node)
+    lower_nodes(g, checked.nodes, lowering)
 
 
-def backward(g: TrainEmitter, checked: CheckedGraph, seeds: dict[str, str]) -> dict[str, str]:
-    """Gradients of the loss for every parameter reached from `seeds` ({value: its gradient}),
-    keyed by the parameter's full name (`conv1.weight`)."""
+def backward(g: TrainEmitter, checked: CheckedGraph, seeds: dict[str, str],
+             frozen: frozenset[str] = frozenset()) -> dict[str, str]:
+    """Gradients of the loss for every parameter reached from `seeds` ({value: its gradient})
+    but the `frozen` nodes', keyed by the parameter's full name (`conv1.weight`)."""
     pending: dict[str, list[str]] = {name: [grad] for name, grad in seeds.items()}
     param_grads: dict[str, str] = {}
+    learning = learning_nodes(checked, frozen) if frozen else None
     for node in reversed(checked.nodes):
-        if node.id not in pending:
-            continue
+        if node.id not in pending or (node.id in frozen and node.id not in learning):
+            continue  # a frozen node that no trainable one before it needs a gradient through
         g.begin(node.id, "grad/")
         dy = total(g, pending.pop(node.id))
-        dxs, dparams = node_vjp(g, node, dy)
+        dxs, dparams = node_vjp(g, node, dy, frozen=node.id in frozen)
         for name, dx in zip(node.inputs, dxs):
             if dx is not None:
                 pending.setdefault(name, []).append(dx)
@@ -59,8 +65,11 @@ def backward(g: TrainEmitter, checked: CheckedGraph, seeds: dict[str, str]) -> d
     return param_grads
 
 
-def node_vjp(g: TrainEmitter, node, dy: str):
+def node_vjp(g: TrainEmitter, node, dy: str, frozen: bool = False):
+    """(input gradients, {param: gradient}); a frozen node's input gradients only."""
     try:
+        if frozen:
+            return frozen_vjp(g, node, dy), {}
         return node.layer.vjp(g, list(node.inputs), list(node.in_shapes), node.shape, node.id, dy)
     except GraphCnnError as exc:
         raise exc.at(node.loc, node.id, node.via) from None

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError, RunError
+from ..errors import DataError, RunError, SpecError
 from ..graph import CheckedGraph
 from ..lower.save import save_model
 from ..spec import NetworkSpec
@@ -107,6 +107,21 @@ def fit(job: TrainingJob, *, resume: str | Path | None = None, provider: str = "
                      init=init)
     finally:
         job.data.close()  # the image loader's threads
+
+
+def head_override(checked: CheckedGraph, classes: int) -> str:
+    """The `--set` that gives the network `classes` outputs (--head-classes): the node whose
+    parameters come last before the output (through parameter-free nodes such as softmax,
+    pooling, flatten), a linear layer's features or a conv's channels."""
+    node = checked.node(checked.outputs[0])
+    while not node.params and len(node.inputs) == 1 and node.inputs[0] not in checked.inputs:
+        node = checked.node(node.inputs[0])
+    key = next((k for k in ("features", "channels") if k in type(node.layer).model_fields), None)
+    top = {n.id for n in checked.spec.nodes} if checked.spec is not None else set()
+    if not node.params or key is None or node.id not in top:
+        raise SpecError(f"--head-classes: {node.id} ({node.layer.op}) is not a linear or conv "
+                        "node of the spec's top level", hint="use --set nodes.ID.features=K")
+    return f"nodes.{node.id}.{key}={classes}"
 
 
 def init_weights(job: TrainingJob, path: str | Path, **options) -> tuple[dict, list[str]]:

@@ -21,6 +21,7 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import Batch, Dataset, steps_per_epoch
 from .evaluate import Evaluator, Scores
 from .recipe import Recipe
+from .schedule import lr_at
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(double)": np.float64,
              "tensor(int32)": np.int32}
@@ -33,7 +34,10 @@ def build_step(checked, recipe: Recipe, opset: int | None = None):
     return build_training_step(checked, batch=recipe.batch, loss=recipe.loss,
                                optimizer=recipe.optimizer, momentum=recipe.momentum,
                                weight_decay=recipe.weight_decay, betas=recipe.betas,
-                               eps=recipe.eps, ignore_index=recipe.ignore_index, opset=opset)
+                               eps=recipe.eps, ignore_index=recipe.ignore_index, opset=opset,
+                               label_smoothing=recipe.label_smoothing, clip_norm=recipe.clip_norm,
+                               no_decay_norm_bias=recipe.no_decay_norm_bias,
+                               freeze=recipe.freeze)
 
 
 class StepRunner:
@@ -175,12 +179,15 @@ class EpochTotals:
     accuracy: float
     step_no: int
     waited: float  # seconds the step waited for the loader
+    lr: float  # the learning rate of the epoch's last step
 
 
 def run_epoch(runner: StepRunner, data, recipe: Recipe, rng, epoch: int, step_no: int,
               progress: Progress, checkpoint) -> EpochTotals:
     total_loss = total_correct = counted = seen = waited = 0.0
+    lr = recipe.lr
     started = time.perf_counter()
+    per_epoch = steps_per_epoch(len(data), recipe.batch)
     batches = data.batches(recipe.batch, rng, epoch)
     while True:
         asked = time.perf_counter()
@@ -189,7 +196,8 @@ def run_epoch(runner: StepRunner, data, recipe: Recipe, rng, epoch: int, step_no
         if batch is None:
             break
         step_no += 1
-        loss, correct, targets = runner.run(batch, recipe.lr, step_no)
+        lr = lr_at(recipe.schedule, recipe.lr, step_no, per_epoch, recipe.epochs)
+        loss, correct, targets = runner.run(batch, lr, step_no)
         if not np.isfinite(loss):
             raise diverged(loss, epoch, step_no, checkpoint)
         total_loss += loss * targets  # the epoch's loss: a mean over all its targets
@@ -201,7 +209,7 @@ def run_epoch(runner: StepRunner, data, recipe: Recipe, rng, epoch: int, step_no
                           "accuracy": correct / max(targets, 1.0), "waited": waited,
                           "samples_per_s": seen / max(time.perf_counter() - started, 1e-9)})
     counted = max(counted, 1.0)
-    return EpochTotals(total_loss / counted, total_correct / counted, step_no, waited)
+    return EpochTotals(total_loss / counted, total_correct / counted, step_no, waited, lr)
 
 
 def diverged(loss: float, epoch: int, step_no: int, checkpoint) -> RunError:
@@ -214,5 +222,5 @@ def diverged(loss: float, epoch: int, step_no: int, checkpoint) -> RunError:
 def epoch_record(epoch: int, done: EpochTotals, scores: Scores | None, seconds: float) -> dict:
     record = {"epoch": epoch, "step": done.step_no, "train_loss": done.loss,
               "train_accuracy": done.accuracy, **(scores.record() if scores else {})}
-    record.update(seconds=seconds, loader_wait=done.waited)
+    record.update(lr=done.lr, seconds=seconds, loader_wait=done.waited)
     return record

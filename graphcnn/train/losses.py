@@ -38,9 +38,10 @@ class LossValues:
 
 
 def build_loss(g: TrainEmitter, checked: CheckedGraph, kind: str, labels: str,
-               ignore_index: int | None = None) -> LossValues:
+               ignore_index: int | None = None, label_smoothing: float = 0.0) -> LossValues:
     """The loss of the network's one output; `ignore_index` is the spec's setting (None: the
-    default for the output's shape, spec/training.py ignored_label)."""
+    default for the output's shape, spec/training.py ignored_label); `label_smoothing` as
+    torch's cross_entropy."""
     if kind not in LOSSES:
         raise CompileError(f"unknown loss '{kind}'", expected=" or ".join(LOSSES), received=kind)
     if len(checked.outputs) != 1:
@@ -51,7 +52,8 @@ def build_loss(g: TrainEmitter, checked: CheckedGraph, kind: str, labels: str,
     if kind == "mse":
         return mse(g, out, checked.shape_of(out), labels)
     logits, shape = logits_of(checked, out)
-    return cross_entropy(g, logits, shape, labels, ignored_label(ignore_index, shape))
+    return cross_entropy(g, logits, shape, labels, ignored_label(ignore_index, shape),
+                         label_smoothing)
 
 
 def logits_of(checked: CheckedGraph, out: str) -> tuple[str, tuple]:
@@ -68,9 +70,11 @@ def real_rows(g: TrainEmitter) -> str:
 
 
 def cross_entropy(g: TrainEmitter, logits: str, shape: tuple, labels: str,
-                  ignore: int | None = None) -> LossValues:
+                  ignore: int | None = None, smoothing: float = 0.0) -> LossValues:
     """Mean over the counted targets (real rows, targets not equal to `ignore`) of
-    -log softmax(logits)[target] along axis 1; logits [B, C, *S], labels [B, *S]."""
+    -log softmax(logits)[target] along axis 1; logits [B, C, *S], labels [B, *S]. With
+    `smoothing` e the target is (1 - e) onehot + e / C (torch's label_smoothing): the loss
+    -(1 - e) log p[target] - e mean_c log p[c], the gradient softmax - that target."""
     weight = target_weights(g, labels, len(shape) - 1, ignore)  # [B, *S]: 1 counted, else 0
     summed_weight = g.op("ReduceSum", [weight], keepdims=0)
     count = g.op("Max", [summed_weight, g.scalar(1.0)])  # no target counted: loss 0, not NaN
@@ -79,10 +83,17 @@ def cross_entropy(g: TrainEmitter, logits: str, shape: tuple, labels: str,
     column = g.op("Unsqueeze", [safe, g.ints([1])])
     logp = g.op("LogSoftmax", [logits], axis=1)
     picked = g.op("Squeeze", [g.op("GatherElements", [logp, column], axis=1), g.ints([1])])
+    if smoothing:
+        spread = g.op("Mul", [g.op("ReduceSum", [logp, g.ints([1])], keepdims=0),
+                              g.scalar(smoothing / shape[0])])
+        picked = g.op("Add", [g.op("Mul", [picked, g.scalar(1 - smoothing)]), spread])
     summed = g.op("ReduceSum", [g.op("Mul", [picked, weight])], keepdims=0)
     loss = g.op("Neg", [g.op("Div", [summed, count])])
     classes = g.array("classes", np.arange(shape[0]).reshape([-1] + [1] * (len(shape) - 1)))
     onehot = g.op("Cast", [g.op("Equal", [column, classes])], to=g.FLOAT)
+    if smoothing:
+        onehot = g.op("Add", [g.op("Mul", [onehot, g.scalar(1 - smoothing)]),
+                              g.scalar(smoothing / shape[0])])
     scale = g.op("Unsqueeze", [g.op("Div", [weight, count]), g.ints([1])])
     grad = g.op("Mul", [g.op("Sub", [g.op("Exp", [logp]), onehot]), scale])
     hits = g.op("Equal", [g.op("ArgMax", [logits], axis=1, keepdims=0), labels])

@@ -15,7 +15,7 @@ Dropout masks in training are a deterministic function of `step`, the node and t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -29,6 +29,7 @@ from ..lower.initial_values import initial_value
 from ..lower.opset import choose_opset
 from . import losses
 from .autodiff import TrainEmitter, backward, forward
+from .freeze import frozen_ids
 from .optim import OptimConfig, update
 
 
@@ -60,7 +61,13 @@ class TrainingStep:
 def build_training_step(checked: CheckedGraph, *, batch: int, loss: str = "cross_entropy",
                         optimizer: str = "sgd", momentum: float = 0.0, weight_decay: float = 0.0,
                         betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                        ignore_index: int | None = None, opset: int | None = None) -> TrainingStep:
+                        ignore_index: int | None = None, opset: int | None = None,
+                        label_smoothing: float = 0.0, clip_norm: float | None = None,
+                        no_decay_norm_bias: bool = False, freeze=()) -> TrainingStep:
+    """The step model. `label_smoothing` (cross_entropy, as torch's), `clip_norm` (the global
+    L2 norm of the gradients, as torch's clip_grad_norm_, before the optimizer adds weight
+    decay), `no_decay_norm_bias` (no weight decay on one-axis tensors), `freeze` (node id
+    patterns kept fixed, train/freeze.py)."""
     cfg = OptimConfig(optimizer, momentum, weight_decay, tuple(betas), eps)
     cfg.validate()
     if batch < 1:
@@ -70,11 +77,15 @@ def build_training_step(checked: CheckedGraph, *, batch: int, loss: str = "cross
                            received=", ".join(checked.inputs))
     data = next(iter(checked.inputs))
     checked = checked.reaching_outputs()  # layers the loss cannot see are not trained
+    frozen = frozen_ids(checked, freeze)
     g = TrainEmitter(mask="mask", step="step")
-    forward(g, checked)
-    values = losses.build_loss(g, checked, loss, "labels", ignore_index)
-    grads = backward(g, checked, values.seeds)
-    params, state, new = carry_updates(g, checked, cfg, grads)
+    forward(g, checked, frozen)
+    values = losses.build_loss(g, checked, loss, "labels", ignore_index, label_smoothing)
+    grads = backward(g, checked, values.seeds, frozen)
+    if clip_norm is not None:
+        grads = clip_by_norm(g, grads, clip_norm)
+    decay = (lambda param: len(param.shape) > 1) if no_decay_norm_bias else (lambda param: True)
+    params, state, new = carry_updates(g, checked, cfg, grads, frozen, decay)
     metrics = {"loss": values.loss, "correct": values.correct, "counted": values.counted}
     outputs = {**{k: v for k, v in metrics.items() if v is not None},
                **{f"{n}.new": new[n] for n in params + state}}
@@ -84,9 +95,11 @@ def build_training_step(checked: CheckedGraph, *, batch: int, loss: str = "cross
 
 
 def carry_updates(g: TrainEmitter, checked: CheckedGraph, cfg: OptimConfig,
-                  grads: dict[str, str]):
+                  grads: dict[str, str], frozen: frozenset[str] = frozenset(),
+                  decay=lambda param: True):
     """(params, state, {carried name: new value}): optimizer updates for trainable parameters
-    (unchanged when the loss does not reach them), layer state from the training forward."""
+    (unchanged when the loss does not reach them; a frozen node's unchanged and without
+    optimizer state; weight decay where `decay(param)`), layer state from the training forward."""
     check_state_updates(g, checked)
     params, state, new = [], [], {}
     for node in checked.nodes:
@@ -97,13 +110,29 @@ def carry_updates(g: TrainEmitter, checked: CheckedGraph, cfg: OptimConfig,
                 new[name] = g.state_updates.get((node.id, pname), name)
                 continue
             params.append(name)
+            if node.id in frozen:
+                new[name] = name
+                continue
             extra = cfg.state_names(name)
+            one = cfg if decay(param) else replace(cfg, weight_decay=0.0)
             state.extend(extra)
             if name in grads:
-                new.update(update(g, cfg, name, grads[name], "lr", "step"))
+                new.update(update(g, one, name, grads[name], "lr", "step"))
             else:
                 new.update({n: n for n in [name, *extra]})
     return params, state, new
+
+
+def clip_by_norm(g: TrainEmitter, grads: dict[str, str], max_norm: float) -> dict[str, str]:
+    """torch's clip_grad_norm_: every gradient times min(1, max_norm / (global L2 norm + 1e-6))."""
+    if not grads:
+        return grads
+    g.begin("clip_norm", "update/")
+    squares = [g.op("ReduceSumSquare", [v], keepdims=0) for v in grads.values()]
+    norm = g.op("Sqrt", [squares[0] if len(squares) == 1 else g.op("Sum", squares)])
+    ratio = g.op("Div", [g.scalar(max_norm), g.op("Add", [norm, g.scalar(1e-6)])])
+    coef = g.op("Min", [ratio, g.scalar(1.0)])
+    return {name: g.op("Mul", [v, coef]) for name, v in grads.items()}
 
 
 def check_state_updates(g: TrainEmitter, checked: CheckedGraph) -> None:
