@@ -84,36 +84,73 @@ def training_job(source: str | Path | NetworkSpec, output: str | Path, *,
                  data: str | Path | None = None, epochs: int | None = None,
                  batch: int | None = None, optimizer: str | None = None, lr: float | None = None,
                  momentum: float | None = None, weight_decay: float | None = None,
-                 seed: int | None = None, overrides: list[str] | None = None):
-    """A checked training job (graphcnn.train.job.TrainingJob): the spec (with its `--set`
-    `overrides`), its recipe (the `training:` section, with each override that is not None),
-    the data ('mnist1d' or an .npz with x, y and optionally x_test, y_test) and the model path
-    to write."""
-    from .train.job import prepare
+                 seed: int | None = None, overrides: list[str] | None = None,
+                 workers: int | None = None, head_classes: int | None = None, **options):
+    """A checked training job (graphcnn.train.job.TrainingJob), as `graphcnn train` builds it:
+    the spec (with its `--set` `overrides`), its recipe (the `training:` section, with each
+    option that is not None laid over it), the data ('mnist1d', an .npz with x, y and
+    optionally x_test, y_test, a folder of class folders or a CSV of path,label rows) and the
+    model path to write.
 
+    Besides epochs, batch, optimizer, lr, momentum, weight_decay and seed, `options` takes
+    every other `training:` key, under its flag's name with underscores:
+    val (a share held out), max_bad, keep ('last' or 'best'), patience, augment (a dict:
+    random_resized_crop [min, max], ratio, pad_crop, hflip; it replaces only the keys it
+    holds), schedule (a dict: kind, warmup, milestones, step_size, gamma, min_lr, pct_start,
+    div_factor, final_div_factor; likewise), label_smoothing, clip_norm, no_decay_norm_bias,
+    freeze (ids, block instances or patterns: a list, or one comma-separated string), loss,
+    betas, eps, ignore_index. `workers`: the image loader's threads (default: up to 4);
+    `head_classes`: give the last linear or conv this many outputs (--head-classes). An
+    unknown option is a TypeError, as for any keyword argument."""
+    from .spec.training import TrainingSection
+    from .train.job import head_override, prepare
+
+    unknown = sorted(set(options) - set(TrainingSection.model_fields))
+    if unknown:
+        raise TypeError(f"training_job() got an unexpected keyword argument '{unknown[0]}'")
+    if isinstance(options.get("freeze"), str):
+        options["freeze"] = [part for part in options["freeze"].split(",") if part]
     spec = load_spec(source, overrides)
+    if head_classes is not None:  # the classifier replaced through a --set of its own
+        spec = load_spec(spec, [head_override(check_spec(spec), head_classes)])
     checked = check_spec(spec)
     spec_path = None if isinstance(source, NetworkSpec) else source
     return prepare(spec, checked, output, data=data, spec_path=spec_path,
-                   label=spec.name if spec_path is None else str(source), epochs=epochs,
-                   batch=batch, optimizer=optimizer, lr=lr, momentum=momentum,
-                   weight_decay=weight_decay, seed=seed)
+                   label=spec.name if spec_path is None else str(source), workers=workers,
+                   epochs=epochs, batch=batch, optimizer=optimizer, lr=lr, momentum=momentum,
+                   weight_decay=weight_decay, seed=seed, **options)
 
 
 def train_spec(source: str | Path | NetworkSpec, output: str | Path, *,
                data: str | Path | None = None, resume: str | Path | None = None,
-               provider: str = "cpu", threads: int | None = None, progress=None, **recipe):
+               provider: str = "cpu", threads: int | None = None, progress=None,
+               init: str | Path | None = None, weights_map: str | None = None,
+               weights_key: str | None = None, partial: bool = False, **recipe):
     """Train a spec as `graphcnn train` does and write the same files: the trained model at
     `output`, its checkpoint (<stem>.ckpt.npz) and metrics (<stem>.metrics.csv, .json, .png)
-    beside it. `recipe` overrides the spec's `training:` keys (epochs, batch, optimizer, lr,
-    momentum, weight_decay, seed); `progress` is a graphcnn.train.loop.Progress. Returns the
-    TrainResult: final tensors, per-epoch history, steps taken.
+    beside it, and for a held-out set the confusion matrix. `recipe` takes what
+    `training_job` takes: any `training:` key (epochs, batch, optimizer, lr, momentum,
+    weight_decay, seed, val, augment, schedule, label_smoothing, clip_norm,
+    no_decay_norm_bias, freeze, keep, patience, max_bad, ...), workers, head_classes and
+    overrides. `init`: a checkpoint to start from (--init; through the spec's name maps, or
+    `weights_map`, `weights_key`; `partial` leaves parameters it lacks, a new head, as
+    initialised); its load report goes to `progress.on_note`. `progress` is a
+    graphcnn.train.loop.Progress. Returns the TrainResult: final tensors, per-epoch history,
+    steps taken, held-out scores.
 
     Not named `train`: graphcnn.train is the training package, and importing any of its
     modules rebinds that name on the graphcnn package."""
-    from .train.job import fit, save_trained
+    from .train.job import fit, init_weights, save_trained
 
     job = training_job(source, output, data=data, **recipe)
-    result = fit(job, resume=resume, provider=provider, threads=threads, progress=progress)
+    start = None
+    if init is not None:
+        start, report = init_weights(job, init, weights_map=weights_map,
+                                     weights_key=weights_key, partial=partial)
+        for line in report:
+            if progress is not None:
+                progress.on_note(line)
+    result = fit(job, resume=resume, provider=provider, threads=threads, progress=progress,
+                 init=start)
     save_trained(job, result)
     return result

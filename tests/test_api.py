@@ -75,3 +75,38 @@ def test_model_for_compiles_specs_and_loads_onnx_files(tmp_path):
     assert graphcnn.model_for(tmp_path / "m.onnx") == compiled
     with pytest.raises(RunError, match="no such file"):
         graphcnn.model_for(tmp_path / "missing.onnx")
+
+
+def test_train_spec_takes_the_cli_training_options(tmp_path):
+    """val, workers, augment, schedule, label smoothing, freeze, head_classes, keep: the
+    options `graphcnn train` has, as keyword arguments (a folder of 3 classes of 8x8 PNGs)."""
+    from PIL import Image
+
+    from graphcnn.train.loop import build_step
+    from graphcnn.train.step import initial_state
+
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (tmp_path / "png" / f"c{c}").mkdir(parents=True)
+        for i in range(12):
+            pixels = (rng.random((8, 8)) * 80 + c * 80).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "png" / f"c{c}" / f"{i}.png")
+    spec = ROOT / "specs" / "digits_cnn.yaml"
+    options = dict(data=tmp_path / "png", epochs=2, batch=8, val=0.25, workers=1,
+                   head_classes=3, freeze="conv1,bn1", schedule={"kind": "cosine", "warmup": 1},
+                   label_smoothing=0.1, augment={"hflip": 0.5}, keep="best")
+    result = graphcnn.train_spec(spec, tmp_path / "m.onnx", threads=1, **options)
+    recipe = json.loads((tmp_path / "m.metrics.json").read_text())["recipe"]
+    assert recipe["val"] == 0.25 and recipe["freeze"] == ["conv1", "bn1"]
+    assert recipe["schedule"]["kind"] == "cosine" and recipe["label_smoothing"] == 0.1
+    assert recipe["augment"]["hflip"] == 0.5 and recipe["keep"] == "best"
+    assert [r["lr"] < 0.01 for r in result.history] == [False, True]  # warmup, then cosine
+    assert (tmp_path / "m.confusion.csv").is_file() and result.values["logits.weight"].shape[0] == 3
+    job = graphcnn.training_job(spec, tmp_path / "n.onnx", **options)
+    job.data.close()
+    assert job.data.train.workers == 1 and len(job.data.val) == 9
+    start = initial_state(job.checked, build_step(job.checked, job.recipe), job.recipe.seed)
+    assert np.array_equal(result.values["conv1.weight"], start["conv1.weight"])  # frozen
+    assert not np.array_equal(result.values["conv2.weight"], start["conv2.weight"])
+    with pytest.raises(TypeError, match="unexpected keyword argument 'epoch'"):
+        graphcnn.training_job(spec, tmp_path / "n.onnx", epoch=2)
