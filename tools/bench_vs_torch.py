@@ -1,8 +1,8 @@
 """graphcnn against the usual way (PyTorch + torch.onnx.export), side by side in one run.
 
 For each spec: (1) seconds to produce the ONNX file as whole processes: `graphcnn compile`
-versus a Python process that builds the same network in PyTorch (tools/torch_from_spec.py) and
-calls torch.onnx.export (TorchScript path, dynamo=False, and the dynamo path); (2) onnxruntime
+versus a Python process that builds the same network in PyTorch (the module `graphcnn
+export-torch` writes) and calls torch.onnx.export (TorchScript path, dynamo=False, and the dynamo path); (2) onnxruntime
 CPU latency of the two files at batch 1 and 8, run alternately in one process; (3) PyTorch eager
 on the same inputs. torch is optional: without it only graphcnn's column is measured.
 
@@ -24,7 +24,7 @@ DEFAULT = "resnet50,resnet200,vgg16,densenet121,unet"
 EXPORT = """
 import sys, torch
 sys.path.insert(0, {tools!r})
-from torch_from_spec import torch_model
+from bench_vs_torch import torch_model
 from graphcnn import check_spec
 checked = check_spec({spec!r})
 model = torch_model(checked)
@@ -36,6 +36,17 @@ torch.onnx.export(model, (torch.randn(shape),), {out!r}, dynamo={dynamo}, opset_
 
 
 RUNS = 3  # each export is timed this many times, median: writing hundreds of MB is noisy
+
+
+def torch_model(checked):
+    """The network as `graphcnn export-torch` writes it (the generated code, executed), in
+    eval mode."""
+    from graphcnn.deploy.torchcode import torch_code
+
+    namespace: dict = {}
+    exec(compile(torch_code(checked), f"{checked.name}.py", "exec"), namespace)
+    network = [v for v in namespace.values() if isinstance(v, type)][-1]  # defined last
+    return network().eval()
 
 
 def timed(cmd: list[str]) -> float:
@@ -56,8 +67,6 @@ def torch_export_seconds(spec: Path, out: Path, dynamo: bool) -> float:
 
 def eager_ms(spec: Path, batch: int, repeat: int) -> float:
     import torch
-    sys.path.insert(0, str(ROOT / "tools"))
-    from torch_from_spec import torch_model
     from graphcnn import check_spec
 
     checked = check_spec(spec)

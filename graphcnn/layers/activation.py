@@ -14,12 +14,20 @@ from .base import Layer, Param, Shape, fmt_shape, register
 
 
 class Elementwise(Layer):
-    """An op applied to each element; subclasses give the ONNX lowering."""
+    """An op applied to each element; subclasses give the ONNX lowering, and the PyTorch
+    function of the same meaning (`torch_fn`) or their own `torch`."""
+    torch_fn: ClassVar[str | None] = None
+
+    def torch(self, node, emit):
+        if self.torch_fn is None:
+            return super().torch(node, emit)
+        return emit.call(self.torch_fn, emit.x)
 
 
 @register
 class Relu(Elementwise):
     """max(x, 0)."""
+    torch_fn: ClassVar[str] = "F.relu"
     op: Literal["relu"] = "relu"
 
     def lower(self, g, xs, shapes, out):
@@ -42,6 +50,9 @@ class LeakyRelu(Elementwise):
     def lower(self, g, xs, shapes, out):
         return g.op("LeakyRelu", xs, alpha=self.alpha)
 
+    def torch(self, node, emit):
+        return emit.call("F.leaky_relu", emit.x, self.alpha)
+
     def vjp(self, g, xs, shapes, out, y, dy):
         positive = g.op("Greater", [xs[0], g.scalar(0.0)])
         slope = g.op("Where", [positive, g.scalar(1.0), g.scalar(self.alpha)])
@@ -51,6 +62,7 @@ class LeakyRelu(Elementwise):
 @register
 class Sigmoid(Elementwise):
     """1 / (1 + exp(-x))."""
+    torch_fn: ClassVar[str] = "torch.sigmoid"
     op: Literal["sigmoid"] = "sigmoid"
 
     def lower(self, g, xs, shapes, out):
@@ -63,6 +75,7 @@ class Sigmoid(Elementwise):
 @register
 class Tanh(Elementwise):
     """tanh(x)."""
+    torch_fn: ClassVar[str] = "torch.tanh"
     op: Literal["tanh"] = "tanh"
 
     def lower(self, g, xs, shapes, out):
@@ -75,6 +88,7 @@ class Tanh(Elementwise):
 @register
 class Gelu(Elementwise):
     """x * Phi(x), the exact (erf) form; written with Erf so that every opset and host runs it."""
+    torch_fn: ClassVar[str] = "F.gelu"
     fp32_ops: ClassVar[frozenset[str]] = frozenset({"Erf"})  # erf saturates early in fp16
     op: Literal["gelu"] = "gelu"
 
@@ -96,6 +110,7 @@ class Gelu(Elementwise):
 @register
 class Silu(Elementwise):
     """x * sigmoid(x) (swish)."""
+    torch_fn: ClassVar[str] = "F.silu"
     op: Literal["silu"] = "silu"
 
     def lower(self, g, xs, shapes, out):
@@ -118,6 +133,9 @@ class Softmax(Elementwise):
     def lower(self, g, xs, shapes, out):
         return g.op("Softmax", xs, axis=1)
 
+    def torch(self, node, emit):
+        return emit.call("torch.softmax", emit.x, 1)
+
     def vjp(self, g, xs, shapes, out, y, dy):
         """dx = y * (dy - sum_c dy * y)."""
         dot = g.op("ReduceSum", [g.op("Mul", [dy, y]), g.ints([1])], keepdims=1)
@@ -131,6 +149,9 @@ class Identity(Elementwise):
 
     def lower(self, g, xs, shapes, out):
         return g.op("Identity", xs)
+
+    def torch(self, node, emit):
+        return emit.x
 
     def vjp(self, g, xs, shapes, out, y, dy):
         return [dy], {}
@@ -149,6 +170,10 @@ class RandomMask(Layer):
 
     def lower(self, g, xs, shapes, out):
         return g.op("Identity", xs)
+
+    def torch(self, node, emit):
+        """torch draws its own masks (not the hashed ones): the same at inference only."""
+        return emit.call("F.dropout", emit.x, self.rate, emit.code("self.training"))
 
     def lower_train(self, g, xs, shapes, out):
         if self.rate == 0:
@@ -238,6 +263,7 @@ def elu_slope(g, x: str, scale: float, alpha: float) -> str:
 class Relu6(Elementwise):
     """min(max(x, 0), 6) (torch.nn.ReLU6, hardtanh(x, 0, 6)); the gradient flows where
     0 < x < 6 (torch's hardtanh backward)."""
+    torch_fn: ClassVar[str] = "F.relu6"
     op: Literal["relu6"] = "relu6"
 
     def lower(self, g, xs, shapes, out):
@@ -269,6 +295,10 @@ class Clip(Elementwise):
         bounds = [g.scalar(b) if b is not None else "" for b in (self.min, self.max)]
         return g.op("Clip", [xs[0], *bounds])
 
+    def torch(self, node, emit):
+        bounds = {k: v for k, v in (("min", self.min), ("max", self.max)) if v is not None}
+        return emit.call("torch.clamp", emit.x, **bounds)
+
     def vjp(self, g, xs, shapes, out, y, dy):
         return [passes(g, dy, xs[0], self.min, self.max, closed=True)], {}
 
@@ -277,6 +307,7 @@ class Clip(Elementwise):
 class HardSigmoid(Elementwise):
     """relu6(x + 3) / 6 (torch.nn.Hardsigmoid), as ONNX HardSigmoid with alpha 1/6 and beta
     1/2: max(0, min(1, x/6 + 1/2)). Gradient 1/6 where -3 < x < 3, else 0 (torch's)."""
+    torch_fn: ClassVar[str] = "F.hardsigmoid"
     op: Literal["hardsigmoid"] = "hardsigmoid"
 
     def lower(self, g, xs, shapes, out):
@@ -290,6 +321,7 @@ class HardSigmoid(Elementwise):
 class HardSwish(Elementwise):
     """x * relu6(x + 3) / 6 (torch.nn.Hardswish), as x * HardSigmoid(x) (onnxruntime's CPU
     provider has no HardSwish kernel). Gradient (torch's): 0 below -3, x/3 + 1/2 up to 3, 1."""
+    torch_fn: ClassVar[str] = "F.hardswish"
     op: Literal["hardswish"] = "hardswish"
 
     def lower(self, g, xs, shapes, out):
@@ -308,6 +340,7 @@ class Mish(Elementwise):
     """x * tanh(softplus(x)) (torch.nn.Mish), from Softplus, Tanh and Mul (onnxruntime's CPU
     provider has no Mish kernel). d/dx = t + x * sigmoid(x) * (1 - t^2), t = tanh(softplus(x)).
     Softplus stays fp32 (see Softplus): in fp16, mish(-7.6) = -0.0038 came out 0 or -0.0074."""
+    torch_fn: ClassVar[str] = "F.mish"
     op: Literal["mish"] = "mish"
     fp32_ops: ClassVar[frozenset[str]] = frozenset({"Softplus"})
 
@@ -331,6 +364,9 @@ class Elu(Elementwise):
     def lower(self, g, xs, shapes, out):
         return g.op("Elu", xs, alpha=self.alpha)
 
+    def torch(self, node, emit):
+        return emit.call("F.elu", emit.x, self.alpha)
+
     def vjp(self, g, xs, shapes, out, y, dy):
         return [g.op("Mul", [dy, elu_slope(g, xs[0], 1.0, self.alpha)])], {}
 
@@ -340,6 +376,7 @@ class Selu(Elementwise):
     """scale * (x if x > 0 else alpha * (exp(x) - 1)) with torch.nn.SELU's alpha
     1.6732632423543772 and scale 1.0507009873554805 (ONNX Selu's gamma). Gradient scale for
     x > 0, else scale * alpha * exp(x)."""
+    torch_fn: ClassVar[str] = "F.selu"
     op: Literal["selu"] = "selu"
 
     def lower(self, g, xs, shapes, out):
@@ -367,6 +404,9 @@ class Softplus(Elementwise):
         if self.beta != 1:
             smooth = g.op("Div", [smooth, g.scalar(self.beta)])
         return g.op("Where", [self.linear(g, scaled), xs[0], smooth])
+
+    def torch(self, node, emit):
+        return emit.call("F.softplus", emit.x, self.beta, self.threshold)
 
     def vjp(self, g, xs, shapes, out, y, dy):
         scaled = self.scaled(g, xs[0])
@@ -403,6 +443,9 @@ class PRelu(Elementwise):
 
     def lower(self, g, xs, shapes, out):
         return g.op("PRelu", [xs[0], self.slope(g, shapes[0])])
+
+    def torch(self, node, emit):
+        return emit.call(emit.module("nn.PReLU", self.channels), emit.x)
 
     def vjp(self, g, xs, shapes, out, y, dy):
         x, rank = xs[0], len(shapes[0]) + 1

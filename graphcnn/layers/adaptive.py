@@ -84,6 +84,11 @@ class AdaptivePoolBase(Layer):
             value = self.pool_axis(g, value, len(out) + 1, axis, L, n)
         return value
 
+    def torch(self, node, emit):
+        kind = "avg" if self.pool_op == "AveragePool" else "max"
+        fn = f"F.adaptive_{kind}_pool{len(node.in_shapes[0]) - 1}d"
+        return emit.call(fn, emit.x, self.size)
+
     @staticmethod
     def pooled_axes(shape: Shape, out: Shape) -> list[tuple[int, int, int]]:
         """(ONNX axis, L, out) of each spatial axis that is not kept as it is."""

@@ -219,6 +219,15 @@ class Layer(BaseModel):
         Default: the inference lowering."""
         return self.lower(g, xs, shapes, out)
 
+    def torch(self, node, emit):
+        """The PyTorch form (`graphcnn export-torch`, deploy/torchcode): declare the module
+        that holds the node's parameters under their names with `emit.module(ctor, *args)`
+        and return the forward expression over `emit.xs` (emit.call and emit.fmt build code;
+        plain values become literals, or the block-param expression they came from). `node`
+        is the checked node (in_shapes, shape, params). Default: refused, naming the op."""
+        raise CompileError(f"op '{self.op_name}' has no PyTorch form",
+                           hint="graphcnn export-torch cannot write this network")
+
     def vjp(self, g, xs: list[str], shapes: list[Shape], out: Shape, y: str, dy: str):
         """The backward rule: given dy (the loss gradient at this node's result y), return
         ([gradient per input, or None where none flows], {param name: gradient})."""

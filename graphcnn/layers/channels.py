@@ -54,6 +54,11 @@ class Scale(Layer):
     def lower(self, g, xs, shapes, out):
         return g.op("Mul", [xs[0], channel_vector(g, g.param("weight"), shapes[0])])
 
+    def torch(self, node, emit):
+        scale = emit.module(emit.helper("Scale", SCALE), node.in_shapes[0][0],
+                            init=emit.opt(self.init, 1.0))
+        return emit.call(scale, emit.x)
+
     def vjp(self, g, xs, shapes, out, y, dy):
         """dx = dy * gamma; dgamma = the sum of dy * x over every axis but the channels."""
         dx = g.op("Mul", [dy, channel_vector(g, g.param("weight"), shapes[0])])
@@ -104,6 +109,16 @@ class ChannelParts(Layer):
         start, stop = self.span(shapes[0])
         return g.op("Slice", [xs[0], g.ints([start]), g.ints([stop]), g.ints(CHANNEL_AXIS)])
 
+    def torch(self, node, emit):
+        """x.split(sizes, 1)[k] / x.chunk(chunks, 1)[k]: torch's own parts."""
+        self.span(node.in_shapes[0])  # refuses a part past the last
+        method, arg = self.torch_parts()
+        return emit.call(emit.x + method, arg, 1) + f"[{self._part}]"
+
+    def torch_parts(self) -> tuple[str, object]:
+        """The tensor method that makes the parts, and its first argument."""
+        raise NotImplementedError
+
     def vjp(self, g, xs, shapes, out, y, dy):
         start, stop = self.span(shapes[0])
         pads = g.ints([start, shapes[0][0] - stop])
@@ -122,6 +137,9 @@ class Split(ChannelParts):
 
     def count(self) -> int:
         return len(self.sizes)
+
+    def torch_parts(self):
+        return ".split", self.sizes
 
     def bounds(self, channels: int) -> list[tuple[int, int]]:
         if sum(self.sizes) != channels:
@@ -143,6 +161,9 @@ class Chunk(ChannelParts):
 
     def count(self) -> int:
         return self.chunks
+
+    def torch_parts(self):
+        return ".chunk", self.chunks
 
     def bounds(self, channels: int) -> list[tuple[int, int]]:
         size = -(-channels // self.chunks)
@@ -173,6 +194,29 @@ class ChannelShuffle(Layer):
         order = g.array("order", self.order(shapes[0][0]).astype(np.int64))
         return g.op("Gather", [xs[0], order], axis=1)
 
+    def torch(self, node, emit):
+        return emit.call(emit.helper("channel_shuffle", CHANNEL_SHUFFLE), emit.x, self.groups)
+
     def vjp(self, g, xs, shapes, out, y, dy):
         inverse = np.argsort(self.order(shapes[0][0])).astype(np.int64)
         return [g.op("Gather", [dy, g.array("inverse", inverse)], axis=1)], {}
+
+
+SCALE = '''
+class Scale(nn.Module):
+    """y = x * weight, one weight per channel (axis 1): ConvNeXt's layer scale."""
+
+    def __init__(self, channels, init=1.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((channels,), float(init)))
+
+    def forward(self, x):
+        return x * self.weight.view(-1, *[1] * (x.dim() - 2))
+'''
+
+CHANNEL_SHUFFLE = '''
+def channel_shuffle(x, groups):
+    """torchvision's channel_shuffle: the channels viewed [groups, C / groups], transposed."""
+    n, c = x.shape[:2]
+    return x.reshape(n, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+'''

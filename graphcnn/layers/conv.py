@@ -20,8 +20,9 @@ from pydantic import field_validator
 
 from ..errors import ShapeError
 from .base import Layer, Param, Shape, Window, fmt_shape, need_rank, product, register
-from .spatial import (PaddingMode, PadSpec, check_mode_pads, mode_pad, mode_pad_grad, onnx_pads,
-                      per_axis, resolve_pads, window_output, window_transpose)
+from .spatial import (PaddingMode, PadSpec, check_mode_pads, even_pads, mode_pad, mode_pad_grad,
+                      onnx_pads, per_axis, resolve_pads, torch_pads, window_output,
+                      window_transpose)
 
 
 class ConvBase(Layer):
@@ -104,6 +105,26 @@ class ConvBase(Layer):
         inputs = [x, g.param("weight")] + ([g.param("bias")] if self.bias else [])
         return g.op("Conv", inputs, kernel_shape=list(k), strides=list(s), dilations=list(d),
                     pads=onnx_pads(pads), group=self.groups)
+
+    def torch(self, node, emit):
+        """nn.ConvNd with the same padding when both ends of every axis get the same (or
+        `padding: same` at stride 1), else F.pad first (torch pads both ends alike)."""
+        k, s, d = self.geometry()
+        pads, x = self.pads(node.in_shapes[0]), emit.x
+        if self.padding == "same" and set(s) == {1}:
+            padding = "same"
+        elif even_pads(pads):
+            padding = emit.axes((b for b, _ in pads), self.padding)
+        else:
+            mode = {"zeros": "constant"}.get(self.fill, self.fill)
+            x, padding = emit.call("F.pad", x, torch_pads(pads), mode=emit.opt(mode, "constant")), 0
+        conv = emit.module(f"nn.Conv{self.dims}d", node.in_shapes[0][0], self.channels,
+                           emit.axes(k, self.kernel), stride=emit.opt(emit.axes(s, self.stride), 1),
+                           padding=emit.opt(padding, 0),
+                           dilation=emit.opt(emit.axes(d, self.dilation), 1),
+                           groups=emit.opt(self.groups, 1), bias=emit.opt(self.bias, True),
+                           padding_mode=emit.opt(self.fill if padding else "zeros", "zeros"))
+        return emit.call(conv, x)
 
     def vjp(self, g, xs, shapes, out, y, dy):
         """dX by ConvTranspose with the forward geometry, dW by a conv over the batch. Filled
@@ -308,6 +329,26 @@ class ConvTransposeBase(Layer):
         return g.op("ConvTranspose", inputs, kernel_shape=list(k), strides=list(s),
                     dilations=list(d), pads=onnx_pads(pads),
                     output_padding=list(extra), group=self.groups)
+
+    def torch(self, node, emit):
+        """nn.ConvTransposeNd; padding that differs at the two ends of an axis is cut from
+        the unpadded result instead (torch cuts both ends alike)."""
+        k, s, d = self.geometry()
+        pads = self.pads(node.in_shapes[0])
+        even = even_pads(pads)
+        extra = per_axis(self.output_padding, self.dims, "output_padding")
+        up = emit.module(f"nn.ConvTranspose{self.dims}d", node.in_shapes[0][0], self.channels,
+                         emit.axes(k, self.kernel), stride=emit.opt(emit.axes(s, self.stride), 1),
+                         padding=emit.opt(emit.axes((b for b, _ in pads), self.padding)
+                                          if even else 0, 0),
+                         output_padding=emit.opt(emit.axes(extra, self.output_padding), 0),
+                         groups=emit.opt(self.groups, 1), bias=emit.opt(self.bias, True),
+                         dilation=emit.opt(emit.axes(d, self.dilation), 1))
+        y = emit.call(up, emit.x)
+        if even:
+            return y
+        cuts = ", ".join(f"{b}:{b + n}" for (b, _), n in zip(pads, node.shape[1:]))
+        return emit.fmt("{}[:, :, " + cuts + "]", y)
 
     def lower_portable(self, g, xs, shapes, out):
         """Hosts disagree on output_padding: with end pad e an output_padding o means o more

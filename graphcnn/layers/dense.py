@@ -55,6 +55,11 @@ class Linear(Layer):
         y = g.op("MatMul", [xs[0], weight_t])
         return g.op("Add", [y, g.param("bias")]) if self.bias else y
 
+    def torch(self, node, emit):
+        linear = emit.module("nn.Linear", node.in_shapes[0][-1], self.features,
+                             bias=emit.opt(self.bias, True))
+        return emit.call(linear, emit.x)
+
     def vjp(self, g, xs, shapes, out, y, dy):
         """dX = dY W, dW = dY^T X, db = sum of dY over the batch (on more axes: over every
         axis but the last, dY and X seen as [-1, features] and [-1, F])."""
@@ -82,6 +87,9 @@ class Flatten(Layer):
 
     def lower(self, g, xs, shapes, out):
         return g.op("Flatten", [xs[0]], axis=1)
+
+    def torch(self, node, emit):
+        return emit.call(emit.x + ".flatten", 1)
 
     def vjp(self, g, xs, shapes, out, y, dy):
         return [g.op("Reshape", [dy, g.ints([0, *shapes[0]])])], {}

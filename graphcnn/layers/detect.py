@@ -81,6 +81,14 @@ class YoloDecode(Layer):
     def window(self, shapes):
         return GLOBAL
 
+    def torch(self, node, emit):
+        """yolo_decode(...) (a helper) with greedy_nms, the suppression ONNX's
+        NonMaxSuppression does (candidates above the threshold by score, ties by index)."""
+        helper = emit.helper("yolo_decode", YOLO_DECODE, needs=(("greedy_nms", GREEDY_NMS),))
+        return emit.call(helper, emit.x, self.boxes, self.classes, self.image_size,
+                         self.score_threshold, self.iou_threshold, self.max_detections,
+                         self.rows)
+
     def lower(self, g, xs, shapes, out):
         boxes, scores = self._decode(g, xs[0])
         # thresholds as 1-element tensors: onnxruntime takes scalars too, onnx's reference
@@ -139,3 +147,50 @@ class YoloDecode(Layer):
         rows = g.op("Concat", [corners, *columns], axis=2)
         return g.op("Where", [g.op("Unsqueeze", [valid, g.ints([2])]), rows, g.scalar(0.0)])
 
+
+YOLO_DECODE = '''
+def yolo_decode(x, boxes, classes, image_size, score_threshold, iou_threshold, max_detections,
+                rows):
+    """YOLO v1's [N, S, S, 5B + C] grid -> [N, rows, 7] detections (x1, y1, x2, y2, score,
+    class, valid) by score, padding rows zero: box b of cell (i, j) is centred at
+    ((j + x) / S * width, (i + y) / S * height), sized (w * width, h * height); its score for
+    class c is Pr(c | object) * confidence; suppression per image and class (greedy_nms)."""
+    n, s = x.shape[:2]
+    height, width = image_size
+    per_box = x[..., :5 * boxes].reshape(n, s, s, boxes, 5)
+    i, j = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+    cell = torch.stack([j, i], -1).reshape(s, s, 1, 2).to(x)
+    centre = (per_box[..., :2] + cell) * x.new_tensor([width / s, height / s])
+    half = per_box[..., 2:4] * x.new_tensor([width / 2, height / 2])
+    corners = torch.cat([centre - half, centre + half], -1).reshape(n, -1, 4)
+    probs = x[..., 5 * boxes:5 * boxes + classes].unsqueeze(3)
+    scores = (per_box[..., 4:5] * probs).reshape(n, -1, classes).transpose(1, 2)
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    for b in range(n):
+        for c in range(classes):
+            kept = greedy_nms(corners[b], scores[b, c], score_threshold, iou_threshold)
+            keep[b, c, kept[:max_detections]] = True
+    best, index = torch.where(keep, scores, -math.inf).reshape(n, -1).topk(rows, dim=1)
+    m = corners.shape[1]
+    box = torch.gather(corners, 1, (index % m).unsqueeze(2).expand(-1, -1, 4))
+    valid = torch.gather(keep.reshape(n, -1), 1, index).unsqueeze(2)
+    out = torch.cat([box, best.unsqueeze(2), (index // m).unsqueeze(2).to(x), valid.to(x)], 2)
+    return torch.where(valid, out, torch.zeros_like(out))
+'''
+
+GREEDY_NMS = '''
+def greedy_nms(corners, scores, score_threshold, iou_threshold):
+    """Indices kept: boxes scoring above the threshold, best first (ties: lower index), each
+    dropped when its IoU with a kept one is above iou_threshold."""
+    low, high = torch.minimum(corners[:, :2], corners[:, 2:]), torch.maximum(corners[:, :2], corners[:, 2:])
+    area = (high - low).prod(1)
+    inter = (torch.minimum(high[:, None], high[None]) - torch.maximum(low[:, None], low[None]))
+    inter = inter.clamp(min=0).prod(2)
+    union = area[:, None] + area[None] - inter
+    iou = torch.where((area[:, None] > 0) & (area[None] > 0) & (union > 0), inter / union, 0)
+    kept = []
+    for k in torch.sort(scores, descending=True, stable=True).indices.tolist():
+        if scores[k] > score_threshold and all(iou[k, other] <= iou_threshold for other in kept):
+            kept.append(k)
+    return kept
+'''

@@ -150,6 +150,17 @@ class LayerNorm(SampleNorm):
         y = self.layer_norm(g, moved, shape[0])
         return g.op("Transpose", [y], perm=[0, rank - 1, *range(1, rank - 1)])
 
+    def torch(self, node, emit):
+        """nn.LayerNorm over the last axis; `channels` moves C last and back."""
+        shape = node.in_shapes[0]
+        last = self.on_last(shape)
+        norm = emit.module("nn.LayerNorm", shape[-1] if last else shape[0],
+                           eps=emit.opt(self.eps, 1e-5),
+                           elementwise_affine=emit.opt(self.affine, True))
+        if last:
+            return emit.call(norm, emit.x)
+        return emit.call(norm, emit.x + ".movedim(1, -1)") + ".movedim(-1, 1)"
+
     def layer_norm(self, g, x: str, size: int) -> str:
         scale, bias = self.affine_inputs(g, size)
         return g.op("LayerNormalization", [x, scale, bias], axis=-1, epsilon=self.eps)
@@ -192,6 +203,11 @@ class GroupNorm(SampleNorm):
         y = g.op("Reshape", [y, g.op("Shape", [xs[0]])])
         return self.with_affine(g, y, shapes[0])
 
+    def torch(self, node, emit):
+        norm = emit.module("nn.GroupNorm", self.groups, node.in_shapes[0][0],
+                           eps=emit.opt(self.eps, 1e-5), affine=emit.opt(self.affine, True))
+        return emit.call(norm, emit.x)
+
 
 @register
 class InstanceNorm(SampleNorm):
@@ -214,3 +230,9 @@ class InstanceNorm(SampleNorm):
 
     def lower(self, g, xs, shapes, out):
         return instance_norm(g, xs[0], *self.affine_inputs(g, shapes[0][0]), self.eps)
+
+    def torch(self, node, emit):
+        shape = node.in_shapes[0]
+        norm = emit.module(f"nn.InstanceNorm{len(shape) - 1}d", shape[0],
+                           eps=emit.opt(self.eps, 1e-5), affine=emit.opt(self.affine, False))
+        return emit.call(norm, emit.x)

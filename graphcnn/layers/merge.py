@@ -21,7 +21,7 @@ from pydantic import Field
 from ..errors import InputsDisagree, ShapeError
 from .base import Layer, Param, Shape, Window, fmt_shape, product, register
 from .conv import conv_input_grad, conv_weight_grad
-from .norm import batchnorm_train, batchnorm_vjp
+from .norm import batchnorm_train, batchnorm_vjp, torch_batchnorm
 from .spatial import onnx_pads, resolve_pads
 
 
@@ -112,6 +112,22 @@ class Add(Merge):
             xs[-1] = self.lower_projection(g, xs[-1], shapes[0], shapes[-1])
         return g.op("Add", xs) if len(xs) == 2 else g.op("Sum", xs)
 
+    def torch(self, node, emit):
+        """a + b (+ ...); a projected skip goes through `self.<id>.project` (a ModuleDict
+        holds it, so its parameters are named <id>.project.weight, as here)."""
+        xs = list(emit.xs)
+        if self.projection:
+            project = emit.module("nn.ModuleDict", {"project": self.torch_projection(node, emit)})
+            xs[-1] = emit.call(project + ".project", xs[-1])
+        return emit.fmt(" + ".join(["{}"] * len(xs)), *xs)
+
+    def torch_projection(self, node, emit):
+        main, skip = node.in_shapes[0], node.in_shapes[-1]
+        dims, stride = len(main) - 1, emit.axes(self.strides(main, skip))
+        if self.projection == "conv_bn":
+            return emit.call(emit.helper(*torch_conv_bn(dims)), skip[0], main[0], stride)
+        return emit.call(f"nn.Conv{dims}d", skip[0], main[0], 1, stride=stride, bias=False)
+
     def lower_projection(self, g, skip: str, main: Shape, skip_shape: Shape) -> str:
         rank = len(main) - 1
         y = g.op("Conv", [skip, g.param("project.weight")], kernel_shape=[1] * rank,
@@ -148,6 +164,24 @@ class Add(Merge):
         return [dy] * (len(xs) - 1) + [dskip], grads
 
 
+def torch_conv_bn(dims: int) -> tuple:
+    """The (name, text, needs) of the generated file's ConvBn{dims}d."""
+    name = f"ConvBn{dims}d"
+    text = f'''
+class {name}(nn.Conv{dims}d):
+    """A 1x1 convolution without bias, then a batchnorm: the projected skip of
+    `add` with `project: conv_bn` (parameters project.weight and project.bn.*)."""
+
+    def __init__(self, in_channels, out_channels, stride=1):
+        super().__init__(in_channels, out_channels, 1, stride, bias=False)
+        self.bn = BatchNorm{dims}d(out_channels)
+
+    def forward(self, x):
+        return self.bn(super().forward(x))
+'''
+    return name, text, (torch_batchnorm(dims),)
+
+
 @register
 class Concat(Merge):
     """Inputs joined on the channel axis; spatial sizes must agree."""
@@ -166,6 +200,9 @@ class Concat(Merge):
 
     def lower(self, g, xs, shapes, out):
         return g.op("Concat", list(xs), axis=1)
+
+    def torch(self, node, emit):
+        return emit.call("torch.cat", list(emit.xs), 1)
 
     def vjp(self, g, xs, shapes, out, y, dy):
         parts = g.op("Split", [dy, g.ints([s[0] for s in shapes])], outputs=len(xs), axis=1)
@@ -205,6 +242,12 @@ class Mul(Merge):
 
     def lower(self, g, xs, shapes, out):
         return g.op("Mul", [self.expanded(g, x, s, out) for x, s in zip(xs, shapes)])
+
+    def torch(self, node, emit):
+        """a * b, an [N, C] input indexed [:, :, None, ...] to align on the channels."""
+        ends = [", None" * (len(node.shape) - len(s)) for s in node.in_shapes]
+        parts = ["{}" + (f"[:, :{end}]" if end else "") for end in ends]
+        return emit.fmt(" * ".join(parts), *emit.xs)
 
     def expanded(self, g, x: str, shape: Shape, out: Shape) -> str:
         """An [N, C] input as [N, C, 1, ...] to broadcast against the output."""
@@ -320,6 +363,18 @@ class Highway(Merge):
                                      keepdims=0)
         return conv_input_grad(g, da, w, shape, shape, (k, ones, ones), pads, 1)
 
+    def torch(self, node, emit):
+        """highway(h, x, gates) (a helper), the gates in a ModuleDict: <id>.transform,
+        <id>.carry; a linear map for flat inputs, else a conv with `same` padding."""
+        x = node.in_shapes[1]
+        if len(x) == 1:
+            gates = {gate: emit.call("nn.Linear", x[0], x[0]) for gate in self.gates()}
+        else:
+            gates = {gate: emit.call(f"nn.Conv{len(x) - 1}d", x[0], x[0], self.gate_kernel,
+                                     padding="same") for gate in self.gates()}
+        helper = emit.helper("highway", HIGHWAY)
+        return emit.call(helper, *emit.xs, emit.module("nn.ModuleDict", gates))
+
     def lower_gate(self, g, gate: str, x: str, shape: Shape) -> str:
         w, b = g.param(f"{gate}.weight"), g.param(f"{gate}.bias")
         if len(shape) == 1:
@@ -327,3 +382,13 @@ class Highway(Merge):
         k = [self.gate_kernel] * (len(shape) - 1)
         pads = resolve_pads("same", shape[1:], k, [1] * len(k), [1] * len(k))
         return g.op("Conv", [x, w, b], kernel_shape=k, pads=onnx_pads(pads))
+
+
+HIGHWAY = '''
+def highway(h, x, gates):
+    """y = H(x) * T(x) + x * C(x): T = sigmoid(transform(x)), C = sigmoid(carry(x)) when
+    the carry gate is learned, else 1 - T (Srivastava et al.)."""
+    t = torch.sigmoid(gates["transform"](x))
+    c = torch.sigmoid(gates["carry"](x)) if "carry" in gates else 1 - t
+    return h * t + x * c
+'''

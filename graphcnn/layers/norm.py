@@ -41,9 +41,35 @@ class BatchNormBase(Layer):
     def lower_train(self, g, xs, shapes, out):
         return batchnorm_train(g, xs[0], shapes[0], "", self.eps, self.momentum)
 
+    def torch(self, node, emit):
+        bn = emit.helper(*torch_batchnorm(len(node.in_shapes[0]) - 1 or 1))
+        module = emit.module(bn, node.in_shapes[0][0], eps=emit.opt(self.eps, 1e-5),
+                             momentum=emit.opt(self.momentum, 0.1))
+        return emit.call(module, emit.x)
+
     def vjp(self, g, xs, shapes, out, y, dy):
         dx, grads = batchnorm_vjp(g, dy, shapes[0], "")
         return [dx], grads
+
+
+NO_COUNTER = ('NoCounter', '''
+class NoCounter:
+    """A batchnorm without num_batches_tracked: graphcnn's weight files have no such counter,
+    so state_dict() holds exactly the spec's weights (and goes back to `compile --weights`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.num_batches_tracked = None
+
+    def _load_from_state_dict(self, *args, **kwargs):  # torch would add the counter back
+        nn.Module._load_from_state_dict(self, *args, **kwargs)
+''')
+
+
+def torch_batchnorm(dims: int) -> tuple:
+    """The (name, text, needs) of the generated file's BatchNorm{dims}d."""
+    name = f"BatchNorm{dims}d"
+    return name, f"class {name}(NoCounter, nn.{name}):\n    pass", (NO_COUNTER,)
 
 
 @dataclass(frozen=True)
@@ -180,6 +206,10 @@ class Lrn(Layer):
             x = g.op("Reshape", [x, g.ints([0, shape[0], product(shape[1:]), 1])])
         y = g.op("LRN", [x], size=self.size, alpha=self.alpha, beta=self.beta, bias=self.k)
         return y if len(shape) == 3 else g.op("Reshape", [y, g.ints([0, *shape])])
+
+    def torch(self, node, emit):
+        return emit.call("F.local_response_norm", emit.x, self.size, self.alpha, self.beta,
+                         self.k)
 
     def vjp(self, g, xs, shapes, out, y, dy):
         """With S = k + alpha/size * W(x^2) (W: the channel window sum), y = x S^-beta and

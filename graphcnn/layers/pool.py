@@ -14,9 +14,10 @@ from typing import ClassVar, Literal, Union
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import CompileError, ShapeError
 from .base import GLOBAL, Layer, Shape, Window, need_rank, register
-from .spatial import onnx_pads, per_axis, resolve_pads, window_output, window_transpose
+from .spatial import (even_pads, onnx_pads, per_axis, resolve_pads, torch_pads, window_output,
+                      window_transpose)
 
 PoolPad = Union[Literal["valid", "same"], int, list[int], list[list[int]]]
 
@@ -84,6 +85,18 @@ class PoolBase(Layer):
     def lower(self, g, xs, shapes, out):
         return g.op(self.onnx_op, [xs[0]], **self.attrs(shapes[0]))
 
+    def torch_window(self, emit, k, s) -> tuple:
+        """kernel and stride as the spec wrote them (the stride defaults to the kernel)."""
+        return emit.axes(k, self.kernel), emit.axes(s, self.stride or self.kernel)
+
+    def torch_padding(self, shape: Shape):
+        """The padding a torch pool takes itself (both ends alike, at most half the kernel),
+        or None."""
+        k, pads = self.geometry()[0], self.pads(shape)
+        if even_pads(pads) and all(2 * b <= kk for (b, _), kk in zip(pads, k)):
+            return [b for b, _ in pads]
+        return None
+
 
 @dataclass(frozen=True)
 class PoolIndices:
@@ -120,6 +133,27 @@ class MaxPoolBase(PoolBase):
         g.want(g.node_id, PoolIndices)
         return self.lower(g, xs, shapes, out)
 
+    def torch(self, node, emit):
+        """F.max_poolNd (with its indices when a maxunpool reads them); padding it cannot
+        take is -inf padded first, the end grown so that floor mode gives the same windows."""
+        k, s, _ = self.geometry()
+        fn, padding = f"F.max_pool{self.dims}d", self.torch_padding(node.in_shapes[0])
+        if padding is not None:
+            if emit.wants(PoolIndices):
+                emit.keep(PoolIndices)
+            return emit.call(fn, emit.x, *self.torch_window(emit, k, s),
+                             padding=emit.opt(emit.axes(padding, self.padding), 0),
+                             ceil_mode=emit.opt(self.ceil_mode, False),
+                             return_indices=emit.opt(emit.wants(PoolIndices), False))
+        if emit.wants(PoolIndices):  # indices into the padded input would not fit an unpool
+            raise CompileError("a maxunpool reads this max pool's indices, and PyTorch's max "
+                               "pool pads both ends alike by at most half the kernel",
+                               received=str(self.pads(node.in_shapes[0])),
+                               hint="pad evenly, at most kernel // 2, for export-torch")
+        grown = floor_pads(self, node.in_shapes[0], node.shape)
+        x = emit.call("F.pad", emit.x, torch_pads(grown), value=emit.code("-math.inf"))
+        return emit.call(fn, x, *self.torch_window(emit, k, s))
+
     def vjp(self, g, xs, shapes, out, y, dy):
         """Each output's gradient added at its argmax (ScatterElements with add, not MaxUnpool,
         which overwrites where windows overlap). Indices count over the flattened input."""
@@ -150,6 +184,21 @@ class AvgPoolBase(PoolBase):
 
     def attrs(self, shape: Shape) -> dict:
         return {**super().attrs(shape), "count_include_pad": int(self.count_include_pad)}
+
+    def torch(self, node, emit):
+        """F.avg_poolNd; padding it cannot take goes through avg_pool_padded (zeros padded
+        first, each window divided by the positions it counts)."""
+        k, s, _ = self.geometry()
+        shape, padding = node.in_shapes[0], self.torch_padding(node.in_shapes[0])
+        if padding is not None:
+            return emit.call(f"F.avg_pool{self.dims}d", emit.x, *self.torch_window(emit, k, s),
+                             padding=emit.opt(emit.axes(padding, self.padding), 0),
+                             ceil_mode=emit.opt(self.ceil_mode, False),
+                             count_include_pad=self.count_include_pad)
+        helper = emit.helper("avg_pool_padded", AVG_POOL_PADDED)
+        grown = floor_pads(self, shape, node.shape)
+        return emit.call(helper, emit.x, *self.torch_window(emit, k, s),
+                         torch_pads(self.pads(shape)), torch_pads(grown), self.count_include_pad)
 
     def lower(self, g, xs, shapes, out):
         # Grown end padding would change count_include_pad's divisors: pad explicitly instead
@@ -197,6 +246,21 @@ class AvgPoolBase(PoolBase):
             axis = np.minimum(start + kk, high) - np.maximum(start, low)
             grid = np.multiply.outer(grid, axis.astype(np.float32))
         return grid.reshape((1, 1, *out[1:]))
+
+
+AVG_POOL_PADDED = '''
+def avg_pool_padded(x, kernel, stride, pads, grown, count_include_pad):
+    """Average pooling with padding torch's pools do not take (uneven, or over half the
+    kernel): zeros padded by `grown` (`pads` with the end grown so that floor mode gives the
+    windows), each window's sum divided by its input positions, or with count_include_pad
+    by its positions inside the input padded by `pads`."""
+    pool = getattr(F, f"avg_pool{x.dim() - 2}d")
+    counted, rest = torch.ones_like(x[:1, :1]), grown
+    if count_include_pad:
+        counted = F.pad(counted, pads, value=1.0)
+        rest = [g - p for g, p in zip(grown, pads)]
+    return pool(F.pad(x, grown), kernel, stride) / pool(F.pad(counted, rest), kernel, stride)
+'''
 
 
 @register
@@ -257,6 +321,11 @@ class GlobalPoolBase(Layer):
     def lower(self, g, xs, shapes, out):
         y = g.op(self.onnx_op, [xs[0]])
         return y if self.keepdims else g.op("Flatten", [y], axis=1)
+
+    def torch(self, node, emit):
+        axes = tuple(range(2, len(node.in_shapes[0]) + 1))
+        method = "mean" if self.onnx_op == "GlobalAveragePool" else "amax"
+        return emit.call(emit.x + f".{method}", axes, keepdim=emit.opt(self.keepdims, False))
 
     def spread(self, g, x: str, shape: Shape, dy: str) -> str:
         """dy [N, C] or [N, C, 1, ...] broadcast to x's shape."""

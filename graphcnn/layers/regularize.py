@@ -30,6 +30,21 @@ class DropPath(RandomMask):
         batch = g.op("Squeeze", [g.op("Shape", xs, start=0, end=1)])
         return batch, g.ints([-1] + [1] * len(shapes[0]))
 
+    def torch(self, node, emit):
+        helper = emit.helper("stochastic_depth", STOCHASTIC_DEPTH)
+        return emit.call(helper, emit.x, self.rate, emit.code("self.training"))
+
+
+STOCHASTIC_DEPTH = '''
+def stochastic_depth(x, rate, training):
+    """torchvision's StochasticDepth (mode "row"): in training each sample is zeroed whole
+    with probability `rate`, the rest scaled by 1 / (1 - rate); the identity at inference."""
+    if not training or rate == 0:
+        return x
+    keep = x.new_empty([x.shape[0]] + [1] * (x.dim() - 1)).bernoulli_(1 - rate)
+    return x * keep / (1 - rate) if rate < 1 else x * keep
+'''
+
 
 class ChannelDropout(RandomMask):
     """Channel dropout, as torch.nn.Dropout1d/2d/3d: in training each channel of each sample
@@ -49,6 +64,10 @@ class ChannelDropout(RandomMask):
         """One draw per (sample, channel), the mask shaped [N, C, 1, ...]."""
         count = g.op("ReduceProd", [g.op("Shape", xs, start=0, end=2)], keepdims=0)
         return count, g.ints([-1, shapes[0][0]] + [1] * self.spatial_rank)
+
+    def torch(self, node, emit):
+        fn = f"F.dropout{self.spatial_rank}d"
+        return emit.call(fn, emit.x, self.rate, emit.code("self.training"))
 
 
 @register

@@ -24,10 +24,11 @@ from pydantic import model_validator
 from ..errors import ShapeError
 from .base import Layer, Shape, Window, fmt_shape, product, register
 from .pool import MaxPoolBase, PoolIndices
-from .spatial import _pair, per_axis
+from .spatial import _pair, per_axis, torch_pads
 
 
 INT64_MAX = 2**63 - 1  # a Slice end meaning "to the end of the axis"
+TORCH_LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}  # F.interpolate's mode by rank
 
 
 def spatial(layer: Layer, shape: Shape) -> int:
@@ -80,6 +81,14 @@ class Upsample(Layer):
             attrs = dict(mode="linear", coordinate_transformation_mode="align_corners"
                          if self.align_corners else "half_pixel")
         return g.op("Resize", [xs[0], "", g.array("scales", scales)], **attrs)
+
+    def torch(self, node, emit):
+        scale = emit.axes(self.factors(node.in_shapes[0]), self.scale)
+        if self.mode == "nearest":
+            return emit.call("F.interpolate", emit.x, scale_factor=scale)
+        mode = TORCH_LINEAR[len(node.in_shapes[0]) - 1]
+        return emit.call("F.interpolate", emit.x, scale_factor=scale, mode=mode,
+                         align_corners=self.align_corners)
 
     def vjp(self, g, xs, shapes, out, y, dy):
         """nearest: each input position sums its `scale` copies (Reshape + ReduceSum); linear:
@@ -176,6 +185,16 @@ class MaxUnpool(Layer):
         y = g.op("ScatterElements", [zeros, flat[1], flat[0]], axis=0)
         return g.op("Reshape", [y, g.ints([-1, *out])])
 
+    def torch(self, node, emit):
+        """F.max_unpoolNd with its pool's indices and geometry, to the pool's input size."""
+        pool = emit.source(1).layer
+        k, s, _ = pool.geometry()
+        padding = pool.torch_padding(node.shape) or [0] * len(k)
+        size = [(L - 1) * ss - 2 * p + kk for L, ss, p, kk in zip(node.in_shapes[0][1:], s, padding, k)]
+        return emit.call(f"F.max_unpool{len(k)}d", emit.x, emit.kept(PoolIndices, 1),
+                         emit.axes(k), emit.axes(s), padding=emit.opt(emit.axes(padding), 0),
+                         output_size=emit.opt(list(node.shape[1:]), size))
+
     def vjp(self, g, xs, shapes, out, y, dy):
         """Each input value reads back the gradient at its argmax position (the pool input
         only supplied positions: no gradient flows into it from here)."""
@@ -211,6 +230,10 @@ class Subsample(Layer):
         ends = g.ints([INT64_MAX] * len(axes))  # to the end of any length: dynamic sizes
         return g.op("Slice", [xs[0], g.ints([0] * len(axes)), ends, g.ints(axes),
                               g.ints(self.factors(x))])
+
+    def torch(self, node, emit):
+        factors = self.factors(node.in_shapes[0])
+        return emit.fmt("{}[:, :, " + ", ".join(["::{}"] * len(factors)) + "]", emit.x, *factors)
 
     def vjp(self, g, xs, shapes, out, y, dy):
         """Gradients back at every k-th position, zeros between: a depthwise ConvTranspose
@@ -280,6 +303,11 @@ class Crop(Layer):
         return g.op("Slice", [xs[0], g.ints(starts), g.ints(ends),
                               g.ints(range(2, len(out) + 1))])
 
+    def torch(self, node, emit):
+        """center_crop(x, size) (a helper), the size read from `like` at run time."""
+        size = emit.xs[1] + ".shape[2:]" if self.like else self.size
+        return emit.call(emit.helper("center_crop", CENTER_CROP), emit.x, size)
+
     def vjp(self, g, xs, shapes, out, y, dy):
         """dy zero-padded back to the input's size; `like` only gave a size."""
         starts = self.offsets(shapes)
@@ -322,9 +350,20 @@ class Pad(Layer):
         pads = [0, 0] + [b for b, _ in pairs] + [0, 0] + [e for _, e in pairs]
         return g.op("Pad", [xs[0], g.ints(pads), g.scalar(self.value)], mode="constant")
 
+    def torch(self, node, emit):
+        pads = torch_pads(self.pairs(node.in_shapes[0]))
+        return emit.call("F.pad", emit.x, pads, value=emit.opt(self.value, 0.0))
+
     def vjp(self, g, xs, shapes, out, y, dy):
         pairs, x = self.pairs(shapes[0]), shapes[0]
         starts = [b for b, _ in pairs]
         ends = [b + L for (b, _), L in zip(pairs, x[1:])]
         return [g.op("Slice", [dy, g.ints(starts), g.ints(ends), g.ints(range(2, len(x) + 1))])], {}
 
+
+CENTER_CROP = '''
+def center_crop(x, size):
+    """The middle `size` positions of each spatial axis (floor((L - size) / 2) cut first)."""
+    starts = [(n - s) // 2 for n, s in zip(x.shape[2:], size)]
+    return x[(slice(None), slice(None), *(slice(b, b + s) for b, s in zip(starts, size)))]
+'''

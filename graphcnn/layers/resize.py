@@ -41,7 +41,7 @@ from pydantic import Discriminator, Field, Tag, model_validator
 
 from ..errors import ShapeError
 from .base import FP32_ALL, Layer, Shape, Window, fmt_shape, product, register
-from .resample import spatial
+from .resample import TORCH_LINEAR, spatial
 
 
 def one_or_per_axis(one, entry=None):
@@ -135,6 +135,19 @@ class Resize(Layer):
             value = source.nearest(value, ratio) if self.mode == "nearest" else \
                 source.linear(value, ratio, self.align_corners)
         return value
+
+    def torch(self, node, emit):
+        """F.interpolate, whose rules this op follows (module docstring)."""
+        if self.like is not None:
+            target = {"size": emit.xs[1] + ".shape[2:]"}
+        elif self.size is not None:
+            target = {"size": list(self.size)}
+        else:
+            target = {"scale_factor": self.scale}
+        if self.mode == "nearest":
+            return emit.call("F.interpolate", emit.x, **target)
+        return emit.call("F.interpolate", emit.x, **target, mode=TORCH_LINEAR[len(node.shape) - 1],
+                         align_corners=self.align_corners)
 
     def runtime_size(self, g, xs, axis: int, length: str) -> str:
         """[1] int64: the output length on `axis` (like: its Shape; scale: floor(L * s))."""

@@ -50,6 +50,12 @@ class Reshape(Layer):
     def lower(self, g, xs, shapes, out):
         return g.op("Reshape", [xs[0], g.ints([0, *self.shape])])
 
+    def torch(self, node, emit):
+        """x.reshape(batch, *shape), a 0 read from x as ONNX does."""
+        sizes = [emit.fmt("{}.shape[" + str(i + 1) + "]", emit.x) if d == 0 else d
+                 for i, d in enumerate(self.shape)]
+        return emit.call(emit.x + ".reshape", emit.fmt("{}.shape[0]", emit.x), *sizes)
+
     def vjp(self, g, xs, shapes, out, y, dy):
         """dy back to the input's shape, read at run time (no size written in)."""
         return [g.op("Reshape", [dy, g.op("Shape", [xs[0]])])], {}
@@ -75,6 +81,9 @@ class Permute(Layer):
 
     def lower(self, g, xs, shapes, out):
         return g.op("Transpose", [xs[0]], perm=[0, *(p + 1 for p in self.perm)])
+
+    def torch(self, node, emit):
+        return emit.call(emit.x + ".permute", 0, *(p + 1 for p in self.perm))
 
     def vjp(self, g, xs, shapes, out, y, dy):
         inverse = [self.perm.index(i) for i in range(len(self.perm))]

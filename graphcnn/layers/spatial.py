@@ -108,6 +108,16 @@ def onnx_pads(pads: list[tuple[int, int]]) -> list[int]:
     return [p[0] for p in pads] + [p[1] for p in pads]
 
 
+def torch_pads(pads: list[tuple[int, int]]) -> list[int]:
+    """torch.nn.functional.pad's order: (begin, end) of the last axis first."""
+    return [p for pair in reversed(pads) for p in pair]
+
+
+def even_pads(pads: list[tuple[int, int]]) -> bool:
+    """Whether every axis pads its two ends alike (what a torch layer's `padding` says)."""
+    return all(b == e for b, e in pads)
+
+
 def window_transpose(g, dy: str, w: str, *, kernel, strides, dilations, begins, out, sizes,
                      groups: int) -> str:
     """The adjoint of a strided window operation: ConvTranspose of `dy` (spatial sizes `out`)

@@ -47,6 +47,23 @@ class FlatNode:
     scope: tuple[str, ...] = ()  # enclosing block instances, outermost first
 
 
+@dataclass(frozen=True)
+class BlockInstance:
+    """One instance of a block call, for tools that rebuild the block structure (export-torch
+    writes a class per block): `raw` holds the block's nodes as written, by local id, before
+    the params were substituted, so a field's expression (`width * 4`) can be shown."""
+
+    id: str  # stage3.block12 (numbered) or stage3
+    call: str  # the call's id: stage3
+    block: str
+    args: dict  # what the call gave this instance (`first:` included), evaluated
+    values: dict  # every param of the instance: the block's defaults with args over them
+    inputs: tuple[str, ...]
+    output: str
+    raw: dict[str, Any]
+    definition: BlockDef  # its params' defaults and its input names
+
+
 @dataclass
 class FlatSpec:
     name: str
@@ -55,6 +72,7 @@ class FlatSpec:
     outputs: list[str]
     aliases: dict[str, str] = field(default_factory=dict)
     output_locs: dict[str, Location | None] = field(default_factory=dict)
+    instances: list[BlockInstance] = field(default_factory=list)  # in expansion order
     reads: list[ShapeRead] = field(default_factory=list)  # channel counts expansion used
 
 
@@ -84,8 +102,10 @@ def flatten(spec: NetworkSpec) -> FlatSpec:
     outputs = [ex.alias(o) for o in spec.outputs] if spec.outputs else [nodes[-1].id]
     locs = {o: spec.location(("outputs", i)) for i, o in enumerate(outputs)}
     _refuse_whole(ex.parted, nodes, outputs, locs)
+    instances = [replace(i, inputs=tuple(map(ex.alias, i.inputs)), output=ex.alias(i.output))
+                 for i in ex.instances]
     return FlatSpec(spec.name, {k: tuple(v) for k, v in spec.inputs.items()}, nodes,
-                    outputs, ex.aliases, locs, reads=list(ex.reads.values()))
+                    outputs, ex.aliases, locs, instances, list(ex.reads.values()))
 
 
 def _refuse_whole(parted: dict[str, list[str]], nodes: list[FlatNode], outputs: list[str],
@@ -201,6 +221,7 @@ class _Expander:
         self.blocks, self.nodes, self.aliases = blocks, [], {}
         self.counts: dict[str, int] = {}
         self.parted: dict[str, list[str]] = {}  # a node with several outputs -> its parts
+        self.instances: list[BlockInstance] = []
         self.by_id: dict[str, FlatNode] = {}
         self.shapes = EarlyShapes(inputs, self.expanded, self.alias)
         self.reads: dict[str, ShapeRead] = {}  # by the value read: the first read of each
@@ -307,7 +328,8 @@ class _Expander:
         for k in range(repeat):
             inst = f"{call_id}.block{k}" if numbered else call_id
             args = self.call_args(item, k, inst, loc, via)
-            out = self.instance(block, source, inst, args, inputs, outer, via + ((loc,) if loc else ()), item, loc)
+            out = self.instance(block, source, inst, args, inputs, outer, via + ((loc,) if loc else ()), item, loc,
+                                call_id)
             self.aliases[inst] = out
             inputs = [out]
         self.aliases[call_id] = inputs[0]
@@ -332,7 +354,7 @@ class _Expander:
         return repeat
 
     def instance(self, block: BlockDef, source: _Source, inst: str, args: dict, inputs: list[str],
-                 scope: tuple, via: tuple, item: BlockCall, loc) -> str:
+                 scope: tuple, via: tuple, item: BlockCall, loc, call_id: str) -> str:
         unknown = set(args) - set(block.params)
         if unknown:
             raise SpecError(f"block '{item.block}' has no parameter '{sorted(unknown)[0]}'", loc=loc,
@@ -344,10 +366,14 @@ class _Expander:
         names = dict(zip(block.inputs, inputs))
         items = [self.validate(raw, values, source, j, inst, via, names)
                  for j, raw in enumerate(block.nodes)]
+        record = BlockInstance(inst, call_id, item.block, args, values, tuple(inputs), "",
+                               dict(zip(self.local_ids(items), block.nodes)), block)
+        self.instances.append(record)  # before the nested calls: parents come first
+        at = len(self.instances) - 1
         last = self.expand(items, source, ("nodes",), scope + (inst,), names, inputs[0], via)
-        if block.outputs:
-            return f"{inst}.{block.outputs[0]}"
-        return last
+        out = f"{inst}.{block.outputs[0]}" if block.outputs else last
+        self.instances[at] = replace(record, output=out)
+        return out
 
     def validate(self, raw: Any, values: dict, source: _Source, j: int, inst: str, via: tuple,
                  names: dict[str, str]):
