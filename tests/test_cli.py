@@ -157,7 +157,7 @@ def test_console_script():
     (["compile", CNN, "-o", "m.onnx", "--batch", "0"], "error: batch must be at least 1"),
     (["compile", CNN, "-o", "nodir/m.onnx"], "error: output folder 'nodir' does not exist"),
     (["run", "missing.onnx"], "error: no such file: missing.onnx"),
-    (["run", CNN, "--input", "bad.npy"], "error: input 'x' has the wrong shape"),
+    (["run", CNN, "--input", "bad.npy"], "error: --input bad.npy: array 'x' has shape [2, 1, 39]"),
     (["summary", "--depth", "0", CNN], "error: --depth must be at least 1"),
 ])
 def test_user_errors_in_process(args, message, tmp_path, monkeypatch, capsys):

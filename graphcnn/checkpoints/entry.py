@@ -65,7 +65,10 @@ class Checkpoint:
 
 # What reading a damaged file raises below our checks; all of it becomes a DataError.
 READ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, struct.error,
-               KeyError, IndexError, TypeError, OverflowError, MemoryError)
+               KeyError, IndexError, TypeError, OverflowError, MemoryError, RecursionError)
+
+# Deflate cannot shrink data more than 1032:1, so a member declaring more is lying about its size.
+DEFLATE_RATIO = 1032
 
 
 @contextmanager
@@ -105,9 +108,30 @@ def element_count(shape) -> int:
     return count
 
 
+def check_member(path, info: zipfile.ZipInfo, name: str) -> None:
+    """Refuse a member whose sizes (from the central directory) the archive cannot hold, before
+    anything that large is allocated: stored data beyond the file, more inflated bytes than
+    deflate can produce, compression methods neither numpy nor torch writes."""
+    where = f"{path}: zip member {info.filename} (entry '{name}')"
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise DataError(f"{where} is compressed with method {info.compress_type}",
+                        expected="stored or deflated members (np.savez, torch.save)")
+    stored = info.compress_type == zipfile.ZIP_STORED
+    if (stored and info.file_size != info.compress_size) or \
+            info.file_size > DEFLATE_RATIO * info.compress_size + 64:
+        raise DataError(f"{where} declares {info.file_size} bytes from {info.compress_size} "
+                        f"{'stored' if stored else 'deflated'} bytes: impossible")
+    size = Path(path).stat().st_size
+    if info.header_offset + info.compress_size > size:
+        raise DataError(f"{path} is truncated: zip member {info.filename} (entry '{name}') "
+                        f"ends past byte {info.header_offset + info.compress_size}, the file "
+                        f"has {size}")
+
+
 def read_member(path, info: zipfile.ZipInfo, start: int, length: int, name: str) -> np.ndarray:
     """Bytes [start, start+length) of a zip member: read in place when stored (torch and
     np.savez store), through zipfile when compressed. No central directory is parsed again."""
+    check_member(path, info, name)
     if info.compress_type != zipfile.ZIP_STORED:
         with zipfile.ZipFile(path) as zf, zf.open(info) as member:
             member.seek(start)

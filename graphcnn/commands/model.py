@@ -6,7 +6,6 @@ import numpy as np
 from ..api import check_spec, load_spec, model_with_weights
 from ..errors import RunError
 from ..spec.expand import self_contained_text
-from ..runtime import existing_file
 from .args import limits, spec_arg, spec_positional, weights_args, weights_options
 from .output import out
 from .registry import command, configure
@@ -103,17 +102,29 @@ def _run_args(p):
 
 
 def _load_inputs(path: str, sess) -> dict:
-    try:
-        data = np.load(existing_file(path), allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise RunError(f"cannot read input file {path}: {exc}") from None
-    names = [i.name for i in sess.get_inputs()]
-    if isinstance(data, np.ndarray):
-        if len(names) != 1:
-            raise RunError("the model has several inputs; give an .npz keyed by name",
-                           expected=", ".join(names))
-        return {names[0]: data.astype(np.float32)}
-    return {k: data[k].astype(np.float32) for k in data.files}
+    """The input file's arrays by model input: a .npy feeds a one-input model, an .npz names
+    each input. Names, shapes and dtypes are checked from the headers before anything is read
+    (checkpoints.arrays); values become each input's type, integers into a float input with a
+    note (an image's uint8 pixels are exact as float32), overflow, complex and strings refused."""
+    from ..checkpoints.arrays import Want, read_arrays
+
+    inputs = sess.get_inputs()
+    expected = {i.name: Want(tuple(i.shape), _input_dtype(i.type)) for i in inputs}
+    notes: list[str] = []
+    arrays = read_arrays(path, expected, "--input", notes=notes,
+                         single=inputs[0].name if len(inputs) == 1 else None)
+    for note in notes:
+        out(note)
+    return arrays
+
+
+def _input_dtype(ort_type: str) -> str | None:
+    """Our dtype name of an onnxruntime input type ('tensor(float)' -> 'float32')."""
+    from ..checkpoints.dtypes import DTYPES
+
+    name = ort_type.removeprefix("tensor(").removesuffix(")")
+    name = {"float": "float32", "double": "float64"}.get(name, name)
+    return name if name in DTYPES else None
 
 
 def _save_outputs(path: str, outputs: dict) -> None:

@@ -17,8 +17,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..errors import DataError
-
 # QuantizeLinear/DequantizeLinear past opset 21 have no CPU kernels in onnxruntime 1.32 (seen:
 # "Could not find an implementation for QuantizeLinear(28)"), so int8 exports use opset 21.
 QUANT_OPSET = 21
@@ -37,19 +35,21 @@ class QuantReport:
 
 
 def calibration_data(source: str, model: onnx.ModelProto, count: int = 64) -> np.ndarray:
+    """`count` samples shaped like the model's first input: standard normal for 'random', else
+    the .npz's `x` (or its first array; a .npy is the array), read through checkpoints.arrays:
+    shape checked from the header before reading, values as float32 (overflow refused)."""
+    from ..checkpoints.arrays import Want, array_names, read_arrays
+
     inp = model.graph.input[0]
-    dims = [d.dim_value for d in inp.type.tensor_type.shape.dim][1:]
+    dims = [d.dim_value or d.dim_param or None for d in inp.type.tensor_type.shape.dim][1:]
     if source == "random":
-        return np.random.default_rng(0).standard_normal((count, *dims)).astype(np.float32)
-    try:
-        with np.load(source, allow_pickle=False) as data:
-            x = data["x"] if "x" in data.files else data[data.files[0]]
-    except (OSError, ValueError, IndexError) as exc:
-        raise DataError(f"cannot read calibration data {source}: {exc}") from None
-    if list(x.shape[1:]) != dims:
-        raise DataError(f"calibration data {source} does not fit the model input",
-                        expected=f"[N, {', '.join(map(str, dims))}]", received=str(list(x.shape)))
-    return x[:count].astype(np.float32)
+        fixed = [d if isinstance(d, int) else 1 for d in dims]
+        return np.random.default_rng(0).standard_normal((count, *fixed)).astype(np.float32)
+    names = array_names(source, "--calibrate", single="x")
+    name = "x" if "x" in names else names[0]
+    x = read_arrays(source, {name: Want(("N", *dims))}, "--calibrate", single="x",
+                    extra="ignore")[name]
+    return x[:count]
 
 
 def quantize_int8(model: onnx.ModelProto, data: np.ndarray, batch: int = 8):

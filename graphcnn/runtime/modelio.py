@@ -4,11 +4,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import RunError
+from .external import check_external_data as check_external_paths
+
+# protobuf cannot parse a message over 2 GiB: a bigger model keeps its weights in external data
+MAX_MODEL_BYTES = 2 << 30
 
 
 def existing_file(path: str | Path) -> Path:
-    """The path of a file that is there (a model, its inputs), or the error that says it is not."""
+    """The path of a regular file that is there (a model, its inputs), or the error that says
+    what it is instead (a folder, a FIFO or a device would be read forever)."""
     p = Path(path)
+    if p.is_dir() or (p.exists() and not p.is_file()):
+        raise RunError(f"{path} is " + ("a folder" if p.is_dir() else "not a regular file"),
+                       expected="a file")
     if not p.is_file():
         raise RunError(f"no such file: {path}")
     return p
@@ -17,8 +25,13 @@ def existing_file(path: str | Path) -> Path:
 def load_model(path: str | Path):
     import onnx
 
-    path = Path(path)
-    try:
+    path = existing_file(path)
+    size = path.stat().st_size
+    if not 0 < size <= MAX_MODEL_BYTES:
+        raise RunError(f"{path} is not an ONNX model: it is {size} bytes",
+                       expected=f"1 to {MAX_MODEL_BYTES} bytes",
+                       hint="a larger model keeps its weights in external data")
+    try:  # the protobuf alone: external data is checked before anything reads it
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise RunError(f"{path} is not a readable ONNX model: {exc}") from None
@@ -28,7 +41,10 @@ def load_model(path: str | Path):
     except Exception as exc:  # onnx.checker.ValidationError and I/O errors
         raise RunError(f"{path} fails the ONNX checker: {str(exc).splitlines()[0]}") from None
     if _has_external(model):
-        onnx.load_external_data_for_model(model, str(path.parent))
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:  # noqa: BLE001 -- a file changed since checked, an I/O error
+            raise RunError(f"{path}: cannot read its external data: {exc}") from None
     return model
 
 
@@ -36,18 +52,3 @@ def _has_external(model) -> bool:
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
     return any(uses_external_data(t) for t in _get_all_tensors(model))
-
-
-def check_external_paths(model, path: Path) -> None:
-    """Refuse external-data locations that leave the model's folder (path traversal)."""
-    from onnx.external_data_helper import _get_all_tensors, uses_external_data
-
-    folder = path.resolve().parent
-    for tensor in _get_all_tensors(model):
-        if not uses_external_data(tensor):
-            continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        target = (folder / location).resolve()
-        if Path(location).is_absolute() or folder not in target.parents:
-            raise RunError(f"tensor '{tensor.name}' points outside the model's folder",
-                           expected=f"a file inside {folder}", received=location)
