@@ -80,6 +80,22 @@ def model_with_weights(source: str | Path | NetworkSpec, weights: str | Path | N
     return model, report.lines()
 
 
+def model_to_run(source: str | Path | NetworkSpec, weights: str | Path | None = None,
+                 **options) -> tuple:
+    """model_with_weights for an onnxruntime session: a model file taken as it is, with its
+    weights in external data, comes back as its checked Path, the data left on disk. Past
+    protobuf's 2 GiB a ModelProto cannot be serialized for onnxruntime; the file can be read."""
+    from .runtime import existing_file, load_model
+    from .runtime.modelio import has_external_data
+
+    spec_like = isinstance(source, NetworkSpec) or str(source).endswith((".yaml", ".yml"))
+    if weights is None and not spec_like and not getattr(source, "overrides", ()):
+        path = existing_file(source)
+        model = load_model(path, with_data=False)
+        return (path, []) if has_external_data(model) else (model, [])
+    return model_with_weights(source, weights, **options)
+
+
 def training_job(source: str | Path | NetworkSpec, output: str | Path, *,
                  data: str | Path | None = None, epochs: int | None = None,
                  batch: int | None = None, optimizer: str | None = None, lr: float | None = None,

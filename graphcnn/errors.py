@@ -84,6 +84,11 @@ class DataError(GraphCnnError):
     """Training or calibration data does not fit the spec."""
 
 
+class OutputError(GraphCnnError):
+    """An output cannot go where it was asked to: onto the command's own input, over something
+    that is not a regular file, or the file system refuses (read-only, full, no permission)."""
+
+
 def nearest(word: str, choices) -> str:
     """' did you mean 'x'?' for the closest choice, or ''."""
     import difflib

@@ -1,48 +1,162 @@
-"""Atomic output: write next to the target, fsync, then rename over it. A failure or Ctrl-C
-midway leaves the previous file untouched, never a partial one."""
+"""Atomic output: written in a hidden temporary folder beside the target, fsynced, then renamed
+over it. A failure, Ctrl-C, SIGTERM or SIGHUP midway leaves the previous file untouched, never
+a partial one, and removes the temporary.
+
+Every output goes through `check_output` first, so no command can forget its rules: never onto
+one of the running command's own inputs (the CLI declares them, `command_inputs`), never over
+something that is not a regular file (a device such as /dev/null, a FIFO, a folder). An
+overwritten file keeps its permission bits; a file system that refuses is a clean error."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
+import stat
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import GraphCnnError
+from .errors import OutputError
+
+
+class OutputPath(str):
+    """An argument the command writes (argparse `type=OutputPath`): checked by the CLI before
+    any work, and never taken for one of the command's inputs."""
+
+
+class UpdatedPath(str):
+    """An input the command may rewrite in place (train --resume: the checkpoint it goes on
+    writing), by writers that say so (`updating=True`); no other output may replace it."""
+
+
+@dataclass(frozen=True)
+class _Input:
+    path: str  # os.path.realpath: symlinks and ./x spellings end up the same
+    ident: tuple[int, int] | None  # (st_dev, st_ino): the same file through a hard link
+    updatable: bool
+
+
+_inputs: list[_Input] | None = None  # None: no command is running (library use)
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yields a temporary path in the target's folder; renames it to `target` on success."""
+def command_inputs() -> Iterator[None]:
+    """While a command runs: the files it reads (`note_input`), which no output may replace."""
+    global _inputs
+    saved, _inputs = _inputs, []
+    try:
+        yield
+    finally:
+        _inputs = saved
+
+
+def note_input(path: str | Path, updatable: bool = False) -> None:
+    """Record a file the running command reads; outside a command this does nothing."""
+    if _inputs is None:
+        return
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+        ident = (st.st_dev, st.st_ino)
+    except OSError:
+        ident = None
+    _inputs.append(_Input(real, ident, updatable))
+
+
+def check_output(target: str | Path, updating: bool = False) -> os.stat_result | None:
+    """Refuse an output path before anything is written; returns the stat of the file it will
+    replace (None: a new file)."""
     target = Path(target)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
-        raise GraphCnnError(f"output folder '{folder}' does not exist", received=str(target))
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=folder)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-    os.close(fd)
-    tmp_path = Path(tmp)
+        raise OutputError(f"output folder '{folder}' does not exist", received=str(target))
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, target)
-    except OSError as exc:  # disk full, target is a folder, ...: a user-facing error, not a crash
-        raise GraphCnnError(f"cannot write '{target}': {exc.strerror or exc}",
-                            received=str(target)) from None
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise write_error(target, exc) from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise OutputError(f"the output {target} exists and is not a regular file "
+                          f"({_kind(st.st_mode)}); it is never replaced",
+                          hint="write to a file path")
+    _refuse_own_input(target, st, updating)
+    return st
+
+
+def _refuse_own_input(target: Path, st: os.stat_result | None, updating: bool) -> None:
+    real = os.path.realpath(target)
+    ident = (st.st_dev, st.st_ino) if st is not None else None
+    for source in _inputs or ():
+        same = source.path == real or (ident is not None and source.ident == ident)
+        if same and not (updating and source.updatable):
+            raise OutputError(f"the output {target} is one of the command's own inputs",
+                              received=source.path, hint="write to another file")
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a plain file"
+
+
+REASONS = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+           errno.EPERM: "operation not permitted",
+           errno.ENOSPC: "no space left on the device (or no free inodes)",
+           errno.EDQUOT: "disk quota exceeded"}
+
+
+def write_error(target: Path, exc: OSError) -> OutputError:
+    """An OSError of writing as a user-facing error naming the path and the reason."""
+    reason = REASONS.get(exc.errno) or exc.strerror or str(exc)
+    return OutputError(f"cannot write '{target}': {reason}", received=str(target))
+
+
+@contextlib.contextmanager
+def atomic_paths(*targets: str | Path, updating: bool = False) -> Iterator[list[Path]]:
+    """Temporary paths named as the targets (a writer that derives a format or a companion
+    file from the name sees the final one), in one hidden folder beside the first target;
+    the targets must share a folder. On success each is renamed onto its target, in order."""
+    targets = [Path(t) for t in targets]
+    previous = [check_output(t, updating) for t in targets]
+    work = None
+    try:
+        work = Path(tempfile.mkdtemp(prefix=f".{targets[0].name}.", suffix=".tmp",
+                                     dir=targets[0].parent))
+        temps = [work / t.name for t in targets]
+        yield temps
+        for tmp, target, old in zip(temps, targets, previous):
+            _publish(tmp, target, old)
+    except OSError as exc:  # read-only, disk full, no inodes, ...: an error, not a crash
+        raise write_error(targets[0], exc) from None
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _publish(tmp: Path, target: Path, old: os.stat_result | None) -> None:
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    if old is not None:  # an overwritten file keeps its permission bits
+        os.chmod(tmp, stat.S_IMODE(old.st_mode))
+    os.replace(tmp, target)
 
 
-def write_atomic(target: str | Path, writer: Callable[[Path], None]) -> None:
-    with atomic_path(target) as tmp:
+@contextlib.contextmanager
+def atomic_path(target: str | Path, updating: bool = False) -> Iterator[Path]:
+    """Yields a temporary path; renames it to `target` on success."""
+    with atomic_paths(target, updating=updating) as (tmp,):
+        yield tmp
+
+
+def write_atomic(target: str | Path, writer: Callable[[Path], None],
+                 updating: bool = False) -> None:
+    with atomic_path(target, updating) as tmp:
         writer(tmp)
 
 

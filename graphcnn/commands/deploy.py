@@ -1,7 +1,7 @@
 """Deployment commands: bench and export-weights."""
 from __future__ import annotations
 
-from ..api import model_for, model_with_weights
+from ..api import model_to_run
 from .args import spec_positional, weights_args, weights_options
 from ..errors import RunError
 from ..runtime import existing_file, load_model
@@ -13,10 +13,10 @@ from .registry import command, configure
 def cmd_bench(args) -> int:
     from ..deploy.bench import bench
 
-    model, notes = model_with_weights(args.model, args.weights, **weights_options(args))
+    model, notes = model_to_run(args.model, args.weights, **weights_options(args))
     for note in notes if not args.json else ():
         out(note)
-    models = [model] + ([model_for(args.compare)] if args.compare else [])
+    models = [model] + ([model_to_run(args.compare)[0]] if args.compare else [])
     batches = _batches(args.batches)
     report = bench(models, batches, provider=args.provider, threads=args.threads,
                    repeat=args.repeat, warmup=args.warmup)
@@ -82,7 +82,6 @@ def cmd_export_weights(args) -> int:
     from ..deploy.weights import model_weights, renamed_for
     from ..fileio import write_atomic
 
-    refuse_own_input(args.output, args.model)
     fmt = format_for(args.output)
     model = load_model(existing_file(args.model))
     weights = model_weights(model)
@@ -104,17 +103,6 @@ def _map_of(model, requested: str):
     spec = NetworkSpec.from_text(meta["graphcnn_spec"], "<the model's spec>") \
         if "graphcnn_spec" in meta else None
     return choose_map(spec, requested, [], set())
-
-
-def refuse_own_input(output: str, *inputs: str) -> None:
-    """A command never writes onto a file it reads."""
-    from pathlib import Path
-
-    target = Path(output).resolve()
-    for source in inputs:
-        if source and Path(source).resolve() == target:
-            raise RunError(f"the output {output} is the command's own input",
-                           hint="write to another file")
 
 
 @configure(cmd_export_weights)

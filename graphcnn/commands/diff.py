@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import GraphCnnError
+from ..fileio import OutputPath
 from .output import out, print_json
 from .registry import command, configure
 
@@ -49,8 +50,9 @@ def _diff_args(p):
                    help="compare weights too: the two models' own, or two files given here "
                         "(beside two specs): the largest |a - b| per tensor")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--draw", metavar="OUT", help="draw B with the differences coloured: "
-                                                 "OUT.svg, .png (need Graphviz), .dot or .mmd")
+    p.add_argument("--draw", metavar="OUT", type=OutputPath,
+                   help="draw B with the differences coloured: OUT.svg, .png (need Graphviz), "
+                        ".dot or .mmd")
     p.add_argument("--exit-code", action="store_true",
                    help="exit 1 when the two differ (as git diff --exit-code)")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..api import check_spec, load_spec, model_with_weights
+from ..api import check_spec, load_spec, model_to_run
 from ..errors import RunError
 from ..spec.expand import self_contained_text
 from .args import limits, spec_arg, spec_positional, weights_args, weights_options
@@ -76,7 +76,7 @@ def _compile_training(args, spec, checked) -> int:
 def cmd_run(args) -> int:
     from ..runtime import random_inputs, run, session
 
-    model, notes = model_with_weights(args.model, args.weights, **weights_options(args))
+    model, notes = model_to_run(args.model, args.weights, **weights_options(args))
     for note in notes:
         out(note)
     sess = session(model, args.provider)

@@ -5,6 +5,7 @@ prints the outcome."""
 from __future__ import annotations
 
 from ..api import check_spec, load_spec
+from ..fileio import UpdatedPath
 from .args import spec_positional, weights_args, weights_options
 from .output import out
 from .registry import command, configure
@@ -103,7 +104,8 @@ def _train_args(p):
     p.add_argument("--weight-decay", type=float, help="L2 (sgd, adam) or decoupled (adamw) decay")
     p.add_argument("--seed", type=int, help="initialisation and shuffling seed")
     p.add_argument("--provider", default="cpu", help="cpu, cuda, or a full provider name")
-    p.add_argument("--resume", help="a checkpoint (.ckpt.npz) to continue from")
+    p.add_argument("--resume", type=UpdatedPath,  # the checkpoint goes on being written
+                   help="a checkpoint (.ckpt.npz) to continue from")
     p.add_argument("--val", type=float, metavar="SHARE",
                    help="hold out this share of each class as the validation set (e.g. 0.2)")
     p.add_argument("--keep", choices=["last", "best"],

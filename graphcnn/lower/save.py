@@ -6,7 +6,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import Message
 
-from ..fileio import atomic_path, write_atomic
+from ..fileio import atomic_paths, write_atomic
 
 PROTOBUF_LIMIT = 2 ** 31 - 1
 
@@ -133,15 +133,11 @@ def _assign(msg, field, value) -> None:
 
 
 def save_external(model: onnx.ModelProto, path: Path) -> None:
-    """Weights go to `<name>.data` beside the model. The data file is renamed into place first,
-    then the model that refers to it."""
+    """Weights go to `<name>.data` beside the model. Both are written in one temporary folder
+    under their final names (onnx records the data file's name in the model and refuses a data
+    file that exists already), then the data file is renamed into place, then the model."""
     data_name = path.name + ".data"
-    with atomic_path(path.parent / data_name) as data_tmp, atomic_path(path) as model_tmp:
-        onnx.external_data_helper.convert_model_to_external_data(
-            model, all_tensors_to_one_file=True, location=data_tmp.name, size_threshold=1024)
-        onnx.save_model(model, str(model_tmp))
-        for tensor in onnx.external_data_helper._get_all_tensors(model):
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    entry.value = data_name
-        onnx.save_model(model, str(model_tmp))
+    with atomic_paths(path.parent / data_name, path) as (data_tmp, model_tmp):
+        onnx.save_model(model, str(model_tmp.resolve()), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+        data_tmp.touch()  # no tensor past the threshold: still replace a previous data file

@@ -22,7 +22,8 @@ def existing_file(path: str | Path) -> Path:
     return p
 
 
-def load_model(path: str | Path):
+def load_model(path: str | Path, with_data: bool = True):
+    """The checked ModelProto of a file; with_data=False leaves external data on disk."""
     import onnx
 
     path = existing_file(path)
@@ -40,7 +41,7 @@ def load_model(path: str | Path):
         onnx.checker.check_model(str(path))
     except Exception as exc:  # onnx.checker.ValidationError and I/O errors
         raise RunError(f"{path} fails the ONNX checker: {str(exc).splitlines()[0]}") from None
-    if _has_external(model):
+    if with_data and has_external_data(model):
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
         except Exception as exc:  # noqa: BLE001 -- a file changed since checked, an I/O error
@@ -48,7 +49,7 @@ def load_model(path: str | Path):
     return model
 
 
-def _has_external(model) -> bool:
+def has_external_data(model) -> bool:
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
     return any(uses_external_data(t) for t in _get_all_tensors(model))

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from ..errors import Location, SpecError
+from ..fileio import note_input
 from .exprs import MAX_INT
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
@@ -60,6 +61,7 @@ def grafted(prefix: Path_, rel: dict[Path_, Location]) -> dict[Path_, Location]:
 
 def read_text(path: str | Path, limit: int = MAX_FILE_BYTES) -> str:
     path = Path(path)
+    note_input(path)  # an imported or extended spec is an input no output may replace
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:  # at most limit + 1 bytes: /dev/zero or a pipe reports

@@ -33,7 +33,8 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
     meta = {"epoch": ckpt.epoch, "step": ckpt.step, "rng": ckpt.rng_state,
             "history": ckpt.history, "recipe": ckpt.recipe}
     arrays["meta"] = np.array(json.dumps(meta))
-    write_atomic(path, lambda p: np.savez(open(p, "wb"), **arrays))
+    # updating: the checkpoint a run resumed from (train --resume) is rewritten in place
+    write_atomic(path, lambda p: np.savez(open(p, "wb"), **arrays), updating=True)
 
 
 def load_checkpoint(path: str | Path, names: list[str]) -> Checkpoint:

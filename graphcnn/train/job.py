@@ -13,14 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError, RunError, SpecError
+from ..fileio import check_output, note_input
 from ..graph import CheckedGraph
 from ..lower.save import save_model
 from ..spec import NetworkSpec
+from .best import best_path
 from .checkpoint import checkpoint_path
 from .data import Dataset, load_data
 from .imagedata import image_data, is_image_data
 from .loop import Progress, TrainResult, build_step, train
-from .metrics import write_confusion, write_metrics
+from .metrics import confusion_paths, metrics_paths, write_confusion, write_metrics
 from .recipe import Recipe, recipe_of
 from .trained_model import weight_names
 
@@ -73,6 +75,12 @@ def output_path(output: str | Path) -> Path:
     output = Path(output)
     if not (output.parent if str(output.parent) else Path(".")).is_dir():
         raise RunError(f"output folder '{output.parent}' does not exist", received=str(output))
+    # the files written beside the model, refused now rather than after hours of training
+    beside = [*metrics_paths(output).values(), *confusion_paths(output).values(),
+              best_path(checkpoint_path(output))]
+    for path in [output, *beside]:
+        check_output(path)
+    check_output(checkpoint_path(output), updating=True)  # may be the --resume checkpoint
     return output
 
 
@@ -88,6 +96,7 @@ def data_source(data: str | None, spec_path: str | Path | None) -> str | Path:
         path = Path(spec_path).parent / path
     if not path.exists():
         raise DataError(f"no such data file or folder: {data}")
+    note_input(path)  # the spec's training.data is no argument the CLI saw
     return path
 
 
