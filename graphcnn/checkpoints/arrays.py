@@ -229,8 +229,9 @@ def _to_int(array: np.ndarray, dtype: str, where: str) -> np.ndarray:
         if not whole:
             raise DataError(f"{where} holds values that are not whole numbers",
                             expected=dtype, received=str(array.dtype))
-        lo, hi = array.min(), array.max()
-        if lo < low or hi >= high + 1:  # high + 1: 2**63 - 1 as a float is 2**63
+        number = int if array.dtype.kind in "biu" else float
+        lo, hi = number(array.min()), number(array.max())  # Python compares these exactly
+        if lo < low or hi > high:
             raise DataError(f"{where} holds values outside {dtype}'s range",
                             expected=f"{low} to {high}", received=f"{lo} to {hi}")
     return array.astype(target)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import struct
+import tokenize
 import zipfile
 import zlib
 from contextlib import contextmanager
@@ -64,8 +65,11 @@ class Checkpoint:
 
 
 # What reading a damaged file raises below our checks; all of it becomes a DataError.
+# RuntimeError: zipfile's for an encrypted member, NotImplementedError for an unknown version
+# or method, RecursionError; numpy's .npy header parser lets tokenize's TokenError out.
 READ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, struct.error,
-               KeyError, IndexError, TypeError, OverflowError, MemoryError, RecursionError)
+               KeyError, IndexError, TypeError, OverflowError, MemoryError, RuntimeError,
+               tokenize.TokenError)
 
 # Deflate cannot shrink data more than 1032:1, so a member declaring more is lying about its size.
 DEFLATE_RATIO = 1032
@@ -116,6 +120,8 @@ def check_member(path, info: zipfile.ZipInfo, name: str) -> None:
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise DataError(f"{where} is compressed with method {info.compress_type}",
                         expected="stored or deflated members (np.savez, torch.save)")
+    if info.flag_bits & 0x1:
+        raise DataError(f"{where} is encrypted")
     stored = info.compress_type == zipfile.ZIP_STORED
     if (stored and info.file_size != info.compress_size) or \
             info.file_size > DEFLATE_RATIO * info.compress_size + 64:

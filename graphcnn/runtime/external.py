@@ -30,6 +30,9 @@ def check_external_data(model, path: Path) -> None:
         if uses_external_data(tensor):
             fields = {e.key: e.value for e in tensor.external_data}
             where = f"{path}: tensor '{tensor.name}'"
+            if not all(isinstance(t, str) for t in (*fields, *fields.values())):
+                # protobuf hands invalid UTF-8 in a string field over as bytes
+                raise RunError(f"{where} has external-data fields that are not valid UTF-8")
             target = _target(fields.get("location", ""), folder, where)
             _check_span(tensor, fields, target, where)
 
