@@ -367,8 +367,11 @@ def read_everything(path: Path, seed: str) -> None:
     if seed.startswith("onnx"):
         load_model(path)
         return
-    if seed.startswith(("npz", "npy")):
-        expected = {"x": Want(("N", 2, 4)), "y": Want(None, "int64", required=False)}
+    expected = {"x": Want(("N", 2, 4)), "y": Want(None, "int64", required=False)}
+    if seed == "npy":  # run --input's and --calibrate's reader; not a checkpoint
+        read_arrays(path, expected, "--input", single="x", extra="ignore")
+        return
+    if seed.startswith("npz"):
         _settle(lambda: read_arrays(path, expected, "--input", single="x", extra="ignore"))
         _settle(lambda: training_arrays(path))
     ckpt = read_checkpoint(path)
