@@ -46,9 +46,9 @@ def cmd_summary(args) -> int:
 
     checked = check_spec(args.spec, limits(args))
     if args.json:
-        print_json(as_json(checked))
+        print_json(as_json(checked, batch=args.batch, by_op=args.by_op))
     else:
-        out(render(checked, depth=args.depth))
+        out(render(checked, depth=args.depth, batch=args.batch, by_op=args.by_op))
     return 0
 
 
@@ -57,3 +57,7 @@ def _summary_args(p):
     spec_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--depth", type=int, default=None, help="fold block instances below K levels")
+    p.add_argument("--batch", type=int, default=None, metavar="B",
+                   help="add activation memory per layer at batch B, the peak of an inference "
+                        "pass, weight bytes per precision and FLOPs (2 x MACs)")
+    p.add_argument("--by-op", action="store_true", help="one row per op type: totals")
