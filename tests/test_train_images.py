@@ -350,3 +350,42 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(tmp_path, digits_spec,
         np.testing.assert_array_equal(resumed.values[name], value, err_msg=name)
     for job in (straight, cut, again):
         job.data.close()
+
+
+def test_fine_tuning_a_frozen_backbone_with_a_new_head(tmp_path, digits_png, capsys):
+    """Issue 16's fine-tuning test: train on digits 0-4, export; a new run on digits 5-9 starts
+    from those weights (--init, through a map that drops the old head, --partial for the new
+    one), the backbone frozen: >= 95% validation accuracy, the frozen weights bit-identical."""
+    _, _, images, labels = digits_png
+    first, second = labels < 5, labels >= 5
+    folder_a, folder_b = tmp_path / "a", tmp_path / "b"
+    write_folder(folder_a, images[first], labels[first])
+    write_folder(folder_b, images[second], labels[second])
+    model_a, weights_a = tmp_path / "a.onnx", tmp_path / "a.npz"
+    spec = str(SPECS / "digits_cnn.yaml")
+    assert main(["train", spec, "--data", str(folder_a), "--val", "0.2", "--epochs", "4",
+                 "--head-classes", "5", "-o", str(model_a)]) == 0
+    assert main(["export-weights", str(model_a), "-o", str(weights_a)]) == 0
+    drop_head = tmp_path / "drop_head.yaml"
+    drop_head.write_text(r"""- ['^logits\.', null]
+- ['^(.+)$', '\1']
+""")
+    capsys.readouterr()
+    model_b = tmp_path / "b.onnx"
+    backbone = ["conv1", "bn1", "conv2", "bn2"]
+    assert main(["train", spec, "--data", str(folder_b), "--val", "0.2", "--epochs", "6",
+                 "--head-classes", "5", "--init", str(weights_a), "--map", str(drop_head),
+                 "--partial", "--freeze", ",".join(backbone), "-o", str(model_b)]) == 0
+    text = capsys.readouterr().out
+    assert "kept their initial values (2): logits.weight, logits.bias" in text, text
+    accuracy = float(text.split("validation: loss ")[1].split("accuracy ")[1].split("%")[0])
+    assert accuracy >= 95.0, text
+    from graphcnn.deploy.weights import model_weights
+    from graphcnn.runtime import load_model
+
+    before = dict(np.load(weights_a))
+    after = model_weights(load_model(model_b))
+    for name in before:
+        if name.split(".")[0] in backbone:
+            np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    assert not np.array_equal(after["logits.weight"], before["logits.weight"])

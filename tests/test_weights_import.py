@@ -152,6 +152,9 @@ def test_partial_loading_keeps_the_initial_values_of_what_does_not_fit(tiny, tmp
     assert "fc.weight" not in loaded and "stem.conv.weight" in loaded
     assert "kept their initial values (2): fc.weight, fc.bias" in str(report)
     assert "not loaded (2): head.weight [6, 4] -> fc.weight [5, 4]" in str(report)
+    other = save(tmp_path / "other.npz", {"unrelated.weight": np.zeros(3, np.float32)})
+    with pytest.raises(DataError, match="gives none of the spec's parameters"):
+        load_weights(other, checked, spec=checked.spec, partial=True)
 
 
 def test_integer_tensors_and_size_one_axes(tiny, tmp_path):

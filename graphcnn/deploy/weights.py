@@ -120,6 +120,11 @@ def _plan(ckpt, name_map: NameMap, want: dict[str, tuple], partial: bool):
                         "".join(f"\n  {what} ({len(items)}): {_few(items)}"
                                 for what, items in problems if items),
                         hint=_hint(name_map, partial, missing, unmatched))
+    if partial and not plan:  # nothing fits: a wrong map or file, not a new head
+        raise DataError(f"checkpoint {ckpt.path} gives none of the spec's parameters "
+                        f"(map: {name_map.name}), even with --partial" +
+                        "".join(f"\n  {what} ({len(items)}): {_few(items)}"
+                                for what, items in problems if items))
     report.ignored = unmatched + unknown + shapes
     report.kept = missing
     report.loaded = list(plan)
