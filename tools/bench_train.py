@@ -2,6 +2,8 @@
 network in PyTorch eager (CPU), both with the same optimizer, in one run.
 
     python tools/bench_train.py [--steps N] [--threads T] [--optimizer sgd|adam] [--provider cpu|cuda]
+    python tools/bench_train.py --images [--steps N] [--rounds R] [--workers W] [--threads T]
+                                [--spinning never|during-run]
 
 Networks: the MNIST-1D CNN (specs/mnist1d_cnn.yaml, batch 100) and a small ResNet on 3x32x32
 (batch 64; below). The PyTorch column is left out when torch is not installed. Each number is
@@ -9,12 +11,33 @@ the median over seven timed rounds after warm-up steps, the two libraries' round
 alternating; the ratio is graphcnn's time over PyTorch's. On the CPU provider graphcnn's convs
 run in onnxruntime's NCHWc layout (graphcnn/runtime/blocked.py); `GRAPHCNN_NCHWC=0` times the
 plain step.
+
+`--images`: training from a folder of JPEGs instead (issue 16): ResNet-18 (specs/resnet18.yaml
+at 3x64x64, 10 classes) on 2,048 synthetic 72x72 JPEGs written to a temporary folder, random
+resized crop (0.08-1) to 64x64, horizontal flip, ImageNet normalisation, batch 64, SGD with
+momentum, W loader workers (default 2) on both sides. Four cases, each round the first N steps
+of a fresh epoch of each (the loaders then finish the epoch untimed, so that neither is left
+decoding for an abandoned one while the next case runs), the cases' order reversed every
+other round: (a) graphcnn's image loader (train/images.py threads) feeding its training step,
+(b) the same step fed from an in-memory array of one epoch of the same decoded and augmented
+images (the .npz path), (c) PyTorch: a torchvision ImageFolder with the same transforms in a
+DataLoader (worker processes, persistent) and an eager step of torchvision's resnet18, (d)
+that step fed from the same array in memory; and each loader alone. Threads: onnxruntime's intra-op pool and
+torch.set_num_threads both get T (default: the machine's cores), each while the other is
+idle; onnxruntime's threads do not spin (`session.intra_op.allow_spinning` 0; `--spinning
+during-run` times `graphcnn train`'s own setting). The loader overhead is (a)/(b) - 1 and
+(c)/(d) - 1, per round; each loader alone is timed over a whole epoch.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import statistics
+import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -133,18 +156,259 @@ def torch_step(model, x, y, optimizer: str, threads: int | None, provider: str):
     return step
 
 
-def main() -> None:
+# ---- training from a folder of JPEGs (--images) ----------------------------------------------
+
+IMAGE_SETS = ["inputs.image=[3,64,64]", "nodes.fc.features=10", "preprocess.resize=72",
+              "preprocess.crop=64", "~labels"]  # resnet18.yaml at 64x64 with 10 classes
+IMAGE_BATCH, IMAGE_SIDE, IMAGE_CLASSES, IMAGE_COUNT = 64, 72, 10, 2048
+AUGMENT = {"random_resized_crop": [0.08, 1.0], "hflip": 0.5}
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # resnet18.yaml's preprocess
+
+
+def write_jpegs(root: Path, count: int) -> Path:
+    """`count` 72x72 JPEGs (quality 90), one folder per class: a disc of the class's colour at
+    a random place and size over noise, fixed by the seed."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:IMAGE_SIDE, :IMAGE_SIDE]
+    colours = rng.integers(0, 256, (IMAGE_CLASSES, 3))
+    for i in range(count):
+        label = i % IMAGE_CLASSES
+        pixels = rng.integers(0, 128, (IMAGE_SIDE, IMAGE_SIDE, 3))
+        cy, cx = rng.integers(IMAGE_SIDE // 4, 3 * IMAGE_SIDE // 4, 2)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < rng.integers(IMAGE_SIDE // 8, IMAGE_SIDE // 3) ** 2
+        pixels[disc] = colours[label]
+        folder = root / f"class{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:05d}.jpg", quality=90)
+    return root
+
+
+WORKER_PIDS: list[int] = []  # the DataLoader's worker processes, whose CPU time counts too
+
+
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process's threads and the DataLoader's workers."""
+    total = time.process_time()
+    for pid in WORKER_PIDS:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def timed_epoch(batches, step, steps: int | None = None) -> tuple[float, float, int, float]:
+    """(seconds, seconds spent waiting for the next batch, steps, CPU seconds) of `step` over
+    the first `steps` of `batches` (all: None); the rest are read, untimed, to the end of the
+    epoch. The CPU seconds include the batches the loader decoded ahead meanwhile."""
+    cpu, waited, done, start, batches = cpu_seconds(), 0.0, 0, time.perf_counter(), iter(batches)
+    while steps is None or done < steps:
+        asked = time.perf_counter()
+        batch = next(batches, None)
+        waited += time.perf_counter() - asked
+        if batch is None:
+            break
+        step(batch)
+        done += 1
+    took, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    for _ in batches:
+        pass
+    return took, waited, done, cpu
+
+
+@contextmanager
+def step_spinning(mode: str):
+    """The training step's session with this spinning mode (runtime/sessions.py; `graphcnn
+    train`'s is during-run: worker threads spin while a step runs)."""
+    import graphcnn.train.loop as loop
+
+    made = loop.session
+    loop.session = lambda *args, **kwargs: made(*args, **{**kwargs, "spinning": mode})
+    try:
+        yield
+    finally:
+        loop.session = made
+
+
+def graphcnn_image_cases(folder: Path, out: Path, steps: int, workers: int, threads: int,
+                         spinning: str):
+    """graphcnn's cases (each a function timing one epoch), the in-memory epoch (x, y) that
+    PyTorch's in-memory case reuses, and the job (to close its loader)."""
+    import graphcnn
+    from graphcnn.train.data import Dataset
+    from graphcnn.train.loop import StepRunner, build_step
+    from graphcnn.train.step import initial_state
+
+    job = graphcnn.training_job(ROOT / "specs" / "resnet18.yaml", out / "bench.onnx",
+                                data=folder, overrides=IMAGE_SETS, workers=workers,
+                                batch=IMAGE_BATCH, optimizer="sgd", lr=0.01, momentum=0.9,
+                                augment=AUGMENT)
+    step = build_step(job.checked, job.recipe)
+    with step_spinning(spinning):
+        runner = StepRunner(step, initial_state(job.checked, step, 0), "cpu", threads)
+    rng, epochs, step_no = np.random.default_rng(0), itertools.count(1), itertools.count(1)
+    first = list(job.data.batches(IMAGE_BATCH, rng, 0))  # one epoch, decoded and augmented
+    memory = Dataset(np.concatenate([b.x for b in first]), np.concatenate([b.y for b in first]))
+    for batch in first[:2]:  # warm-up
+        runner.run(batch, 0.01, next(step_no))
+
+    def train(batch):
+        runner.run(batch, 0.01, next(step_no))
+
+    cases = {"(a) graphcnn, JPEG folder": lambda: timed_epoch(
+                 job.data.batches(IMAGE_BATCH, rng, next(epochs)), train, steps),
+             "(b) graphcnn, in memory": lambda: timed_epoch(
+                 memory.batches(IMAGE_BATCH, rng, next(epochs)), train, steps),
+             "graphcnn loader alone (threads)": lambda: timed_epoch(
+                 job.data.batches(IMAGE_BATCH, rng, next(epochs)), lambda batch: None)}
+    return cases, (memory.x, memory.y), job
+
+
+def torch_image_cases(folder: Path, memory, steps: int, workers: int, threads: int) -> dict:
+    """PyTorch's cases: torchvision's ImageFolder, transforms and resnet18, a DataLoader."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from torchvision_check import import_torchvision
+
+    tv = import_torchvision()
+    T = tv.transforms
+    torch.set_num_threads(threads)
+    transform = T.Compose([T.RandomResizedCrop(64, scale=(0.08, 1.0)), T.RandomHorizontalFlip(),
+                           T.ToTensor(), T.Normalize(MEAN, STD)])
+    loader = torch.utils.data.DataLoader(
+        tv.datasets.ImageFolder(str(folder), transform), batch_size=IMAGE_BATCH, shuffle=True,
+        num_workers=workers, persistent_workers=workers > 0)
+    model = tv.models.resnet18(num_classes=IMAGE_CLASSES).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    x, y = torch.from_numpy(memory[0]), torch.from_numpy(memory[1])
+
+    def train(batch):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(batch[0]), batch[1])
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    def in_memory():
+        order = torch.randperm(len(x))
+        for start in range(0, len(x), IMAGE_BATCH):
+            yield x[order[start:start + IMAGE_BATCH]], y[order[start:start + IMAGE_BATCH]]
+
+    timed_epoch(loader, lambda batch: None)  # warm-up: starts the workers
+    WORKER_PIDS[:] = [w.pid for w in getattr(loader._iterator, "_workers", ())]
+    for batch in itertools.islice(in_memory(), 2):
+        train(batch)
+    return {"(c) PyTorch, JPEG folder": lambda: timed_epoch(loader, train, steps),
+            "(d) PyTorch, in memory": lambda: timed_epoch(in_memory(), train, steps),
+            "PyTorch loader alone (processes)": lambda: timed_epoch(loader, lambda batch: None)}
+
+
+def image_benchmark(steps: int, rounds: int, workers: int, threads: int,
+                    spinning: str = "never") -> None:
+    """Print the folder-of-images table (see the module docstring)."""
+    count = max(IMAGE_COUNT, steps * IMAGE_BATCH)
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average before "
+          f"{os.getloadavg()[0]:.2f}; {count} JPEGs, {steps} timed steps an epoch, {rounds} "
+          f"rounds, {workers} loader workers, {threads} threads, onnxruntime spinning "
+          f"{spinning}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        folder = write_jpegs(Path(tmp) / "jpegs", count)
+        cases, memory, job = graphcnn_image_cases(folder, Path(tmp), steps, workers, threads,
+                                                  spinning)
+        try:
+            try:
+                cases.update(torch_image_cases(folder, memory, steps, workers, threads))
+            except ImportError as exc:
+                print(f"PyTorch cases left out: {exc}")
+            seconds, waits, cpus = ({name: [] for name in cases} for _ in range(3))
+            done = {}
+            for r in range(rounds):
+                for name in (list(cases) if r % 2 == 0 else list(cases)[::-1]):
+                    took, waited, done[name], cpu = cases[name]()
+                    seconds[name].append(took)
+                    waits[name].append(waited)
+                    cpus[name].append(cpu)
+                print(f"round {r + 1}: " + ", ".join(f"{n.split()[0]} {s[-1]:.1f} s"
+                                                     for n, s in seconds.items()), flush=True)
+        finally:
+            job.data.close()
+    print_image_table(seconds, waits, cpus, done)
+    print(f"load average after {os.getloadavg()[0]:.2f}")
+
+
+def print_image_table(seconds: dict, waits: dict, cpus: dict, steps: dict) -> None:
+    """Medians over the rounds; the ratios per round (comparable: the same steps each). CPU
+    seconds per step (per batch for a loader alone) are shown where they belong to the
+    steps timed: not for the folder cases, whose loaders decode batches ahead."""
+    print("\n| case | images/s | ms/step | waiting for the loader | CPU s/step |")
+    print("|---|---|---|---|---|")
+    per_step = {name: statistics.median(cpus[name]) / steps[name] for name in cpus}
+    for name, times in seconds.items():
+        mid = statistics.median(times)
+        wait = statistics.median(w / t for w, t in zip(waits[name], times))
+        cpu = "-" if "folder" in name else f"{per_step[name]:.2f}"
+        print(f"| {name} | {steps[name] * IMAGE_BATCH / mid:.0f} | "
+              f"{1000 * mid / steps[name]:.0f} | {wait:.0%} | {cpu} |")
+
+    def ratios(top: str, bottom: str, minus: float = 0.0) -> str:
+        tops = next((v for k, v in seconds.items() if k.startswith(top)), None)
+        bottoms = next((v for k, v in seconds.items() if k.startswith(bottom)), None)
+        if tops is None or bottoms is None:
+            return "-"
+        each = [a / b - minus for a, b in zip(tops, bottoms)]
+        return f"{statistics.median(each):.2f} (rounds: {', '.join(f'{v:.2f}' for v in each)})"
+
+    print(f"\ngraphcnn's time / PyTorch's, from the folder: {ratios('(a)', '(c)')}")
+    print(f"graphcnn's loader overhead, (a)/(b) - 1: {ratios('(a)', '(b)', 1.0)}")
+    print(f"PyTorch's loader overhead, (c)/(d) - 1: {ratios('(c)', '(d)', 1.0)}")
+    print(f"in memory, graphcnn's step / PyTorch's: {ratios('(b)', '(d)')}")
+    for side, memory in (("graphcnn", "(b)"), ("PyTorch", "(d)")):
+        loader = next((k for k in per_step if k.startswith(f"{side} loader")), None)
+        step = next((k for k in per_step if k.startswith(memory)), None)
+        if loader and step:
+            print(f"{side}'s loader CPU per batch / its step's CPU: "
+                  f"{per_step[loader] / per_step[step]:.3f}")
+
+
+def cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or "unknown CPU"
+
+
+def main(argv: list[str] | None = None) -> None:
     from graphcnn.api import check_spec
     from graphcnn.spec import NetworkSpec
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=50, help="steps per timed round")
+    parser.add_argument("--steps", type=int, default=None, help="steps per timed round "
+                        "(default 50; with --images the timed steps of each epoch, default 4)")
+    parser.add_argument("--images", action="store_true", help="train ResNet-18 from a folder "
+                        "of JPEGs instead (CPU), against PyTorch's DataLoader")
+    parser.add_argument("--rounds", type=int, default=6, help="--images: timed epochs per case")
+    parser.add_argument("--workers", type=int, default=2, help="--images: loader workers, both")
+    parser.add_argument("--spinning", choices=["never", "during-run"], default="never",
+                        help="--images: onnxruntime's idle threads (graphcnn train: during-run)")
     parser.add_argument("--threads", type=int, default=None, help="threads for both (default: "
                         "each library's own default)")
     parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     parser.add_argument("--provider", choices=["cpu", "cuda"], default="cpu",
                         help="onnxruntime execution provider, and PyTorch's device")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.images:
+        image_benchmark(args.steps or 4, args.rounds, args.workers,
+                        args.threads or os.cpu_count(), args.spinning)
+        return
+    args.steps = args.steps or 50
     cases = {"mnist1d_cnn": (check_spec(ROOT / "specs" / "mnist1d_cnn.yaml"), 100),
              "small_resnet": (check_spec(NetworkSpec.from_text(RESNET, "small_resnet")), 64)}
     try:
