@@ -4,6 +4,7 @@ from . import spec  # noqa: F401  check, summary
 from . import model  # noqa: F401  compile, run
 from . import schema  # noqa: F401
 from . import deploy  # noqa: F401  bench, export-weights
+from . import triton  # noqa: F401  export-triton
 from . import torchcode  # noqa: F401  export-torch
 from . import draw  # noqa: F401
 from . import sizes  # noqa: F401
