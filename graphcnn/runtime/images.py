@@ -87,17 +87,21 @@ def resized_size(height: int, width: int, resize) -> Size:
     return (new_long, resize) if width <= height else (resize, new_long)
 
 
-def open_image(path: str | Path, mode: str = "RGB"):
-    """The decoded image in `mode` (RGB or L); every failure is a DataError naming the file."""
+def open_image(path: str | Path, mode: str = "RGB", data: bytes | None = None):
+    """The decoded image in `mode` (RGB or L); every failure is a DataError naming the file.
+    `data`: the file's bytes, already read (Ray reads them), decoded as the file would be."""
+    import io
+
     from PIL import Image
 
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise DataError(f"no such image: {path}")
+    source = io.BytesIO(data) if data is not None else path
     try:
         with warnings.catch_warnings():  # the size is checked here, against MAX_PIXELS
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 _check_pixels(path, im.size)
                 im.load()
                 return im.convert(mode)
@@ -110,7 +114,8 @@ def open_image(path: str | Path, mode: str = "RGB"):
     except MemoryError:
         raise DataError(f"image {path} does not fit in memory") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, struct.error ... on bad files
-        raise DataError(f"cannot read image {path}: {exc or type(exc).__name__}") from None
+        text = str(exc).replace(repr(source), repr(str(path)))  # bytes or file: one message
+        raise DataError(f"cannot read image {path}: {text or type(exc).__name__}") from None
 
 
 def _check_pixels(path: Path, size: Size) -> None:
@@ -120,10 +125,11 @@ def _check_pixels(path: Path, size: Size) -> None:
                         expected=f"at most {MAX_PIXELS:,} pixels")
 
 
-def image_pixels(path: str | Path, recipe: Recipe, size: Size | None = None) -> np.ndarray:
+def image_pixels(path: str | Path, recipe: Recipe, size: Size | None = None,
+                 data: bytes | None = None) -> np.ndarray:
     """uint8 [C, H, W] in the recipe's channel order, resized and center-cropped; `size`
-    resizes exactly to (H, W) instead (for a model without a recipe)."""
-    im = open_image(path, "L" if recipe.channels == "L" else "RGB")
+    resizes exactly to (H, W) instead (for a model without a recipe); `data`: the file's bytes."""
+    im = open_image(path, "L" if recipe.channels == "L" else "RGB", data)
     im = resize(im, (size[0], size[1]) if size is not None else recipe.resize, recipe.interpolation)
     data = np.asarray(im, dtype=np.uint8)
     data = data[:, :, None] if data.ndim == 2 else data
@@ -172,9 +178,10 @@ def normalise(pixels: np.ndarray, recipe: Recipe) -> np.ndarray:
     return x
 
 
-def load_image(path: str | Path, recipe: Recipe, size: Size | None = None) -> np.ndarray:
+def load_image(path: str | Path, recipe: Recipe, size: Size | None = None,
+               data: bytes | None = None) -> np.ndarray:
     """The model input of one image, [C, H, W]: float32, or uint8 pixels for a folded model."""
-    pixels = image_pixels(path, recipe, size)
+    pixels = image_pixels(path, recipe, size, data)
     return pixels if recipe.folded else normalise(pixels, recipe)
 
 
