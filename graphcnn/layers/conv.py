@@ -21,7 +21,7 @@ from pydantic import field_validator
 from ..errors import ShapeError
 from .base import Layer, Param, Shape, Window, fmt_shape, need_rank, product, register
 from .spatial import (PaddingMode, PadSpec, check_mode_pads, even_pads, mode_pad, mode_pad_grad,
-                      onnx_pads, per_axis, resolve_pads, torch_pads, window_output,
+                      onnx_pads, out_length, per_axis, resolve_pads, torch_pads, window_output,
                       window_transpose)
 
 
@@ -179,13 +179,27 @@ def conv_weight_grad(g, x: str, dy: str, shape: Shape, out: Shape, geometry, pad
     [C_in/g * taps, P] x [P, C_out/g] (batched over the samples, then summed)."""
     k = geometry[0]
     taps, positions, c_in, c_out = product(k), product(out[1:]), shape[0], out[0]
-    cols = g.op("Reshape", [unfold(g, x, shape, geometry, pads),
-                            g.ints([0, groups, c_in // groups * taps, positions])])
+    patches = first_windows(g, unfold(g, x, shape, geometry, pads), shape, out, geometry, pads)
+    cols = g.op("Reshape", [patches, g.ints([0, groups, c_in // groups * taps, positions])])
     per_group = g.op("Reshape", [dy, g.ints([0, groups, c_out // groups, positions])])
     products = g.op("MatMul", [cols, g.op("Transpose", [per_group], perm=[0, 1, 3, 2])])
     summed = g.op("ReduceSum", [products, g.ints([0])], keepdims=0)
     weight = g.op("Transpose", [summed], perm=[0, 2, 1])
     return g.op("Reshape", [weight, g.ints([c_out, c_in // groups, *k])])
+
+
+def first_windows(g, patches: str, shape: Shape, out: Shape, geometry, pads) -> str:
+    """The unfolded windows at dY's positions only. A transposed conv's weight gradient
+    unfolds dY by the forward geometry (X and dY swap roles), and with an output_padding of
+    a stride or more that gives windows past X's last row: X has nothing there, so they are
+    cut (left in, the reshape to X's positions failed)."""
+    k, s, d = geometry
+    found = [out_length(n, p, kk, ss, dd) for n, p, kk, ss, dd in zip(shape[1:], pads, k, s, d)]
+    if found == list(out[1:]):
+        return patches
+    dims = len(k)
+    return g.op("Slice", [patches, g.ints([0] * dims), g.ints(out[1:]),
+                          g.ints(range(2, dims + 2))])
 
 
 def unfold(g, x: str, shape: Shape, geometry, pads) -> str:

@@ -76,14 +76,14 @@ def _pair(p) -> tuple[int, int]:
 def out_length(length: int, pads: tuple[int, int], k: int, s: int, d: int,
                ceil_mode: bool = False) -> int:
     """Output length of a sliding window; with ceil_mode, a last window that would start in
-    the end padding is dropped (PyTorch's and onnxruntime's rule)."""
+    the end padding is dropped (PyTorch's and onnxruntime's rule). A padded input shorter than
+    the window still gives ceil_mode one position when the division rounds up to it (torch:
+    maxpool1d kernel 2, stride 2 over one position), so a negative span is no early 0."""
     span = length + pads[0] + pads[1] - d * (k - 1) - 1
-    if span < 0:
-        return 0
     n = (-(-span // s) if ceil_mode else span // s) + 1
     if ceil_mode and (n - 1) * s >= length + pads[0]:
         n -= 1
-    return n
+    return max(n, 0)
 
 
 def window_output(op: str, shape, kernel, stride, dilation, pads, ceil_mode=False) -> list[int]:
@@ -92,13 +92,14 @@ def window_output(op: str, shape, kernel, stride, dilation, pads, ceil_mode=Fals
     for axis, (L, k, s, d, p) in enumerate(zip(shape[1:], kernel, stride, dilation, pads)):
         n = out_length(L, p, k, s, d, ceil_mode)
         if n < 1:
-            rule = OUTPUT_RULE.replace("floor", "ceil") if ceil_mode else OUTPUT_RULE
+            rounding = "ceil" if ceil_mode else "floor"
+            least = d * (k - 1) + 1 - p[0] - p[1] - (s - 1 if ceil_mode else 0)
             raise ShapeError(
                 f"{op} output would have {n} positions on spatial axis {axis}",
-                expected=f"an input of at least {d * (k - 1) + 1 - p[0] - p[1]} positions "
-                         "on that axis",
+                expected=f"an input of at least {least} positions on that axis",
                 received=fmt_shape(shape),
-                rule=f"{rule} = floor(({L} + {p[0]} + {p[1]} - {d}*({k}-1) - 1) / {s}) + 1 = {n}")
+                rule=f"{OUTPUT_RULE.replace('floor', rounding)} = {rounding}(({L} + {p[0]} + "
+                     f"{p[1]} - {d}*({k}-1) - 1) / {s}) + 1 = {n}")
         sizes.append(n)
     return sizes
 
