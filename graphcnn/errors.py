@@ -89,6 +89,17 @@ class OutputError(GraphCnnError):
     that is not a regular file, or the file system refuses (read-only, full, no permission)."""
 
 
+SHOWN_CHARS = 200  # how much of a value an error message echoes
+
+
+def shown(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` as an error message echoes it: cut to `limit` characters, saying how many were
+    left out (a 169-byte spec may compute a 20 MB value; its error stays one line)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+
+
 def nearest(word: str, choices) -> str:
     """' did you mean 'x'?' for the closest choice, or ''."""
     import difflib

@@ -79,7 +79,7 @@ OUT_OF_RANGE = [
     ("x", "op: batchnorm2d, momentum: -0.1", "momentum",
      "Input should be greater than or equal to 0"),
     ("x", "op: lrn, size: 3, k: 0", "k", "Input should be greater than 0"),
-    ("x", "op: lrn, size: 3, alpha: -1", "alpha", "Input should be greater than or equal to 0"),
+    ("x", "op: lrn, size: 3, alpha: -1", "alpha", "Input should be greater than 0"),
     ("x", "op: lrn, size: 3, beta: .nan", "beta", "Input should be a finite number"),
     ("v", "op: linear, features: 0", "features", "Input should be greater than or equal to 1"),
     ("x", "op: highway, skip: x, gate_kernel: 0", "gate_kernel",

@@ -8,6 +8,7 @@ and the per-op facts other modules need (class attributes). `Layer` is that cont
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -15,10 +16,14 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic_core import PydanticCustomError
 
 from ..errors import CompileError, ShapeError
 
 Shape = tuple[int, ...]  # without the batch axis, channels first
+# The largest integer a spec may hold anywhere: ONNX stores int64, and sums and products of a
+# few such values (pads, shapes) must still fit. spec/exprs.py and spec/yamlio.py use it too.
+MAX_INT = 2 ** 62
 REGISTRY: dict[str, type["Layer"]] = {}
 
 
@@ -159,6 +164,17 @@ class Layer(BaseModel):
             raise ValueError("true/false is not a number here")
         return value
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite_and_bounded(cls, value: Any) -> Any:
+        """One rule for every field of every op, plugins' included: no NaN or infinity (ONNX
+        attributes would carry them into garbage outputs) and no integer past MAX_INT (a
+        quoted '9223372036854775808' that pydantic converted, which onnx cannot store)."""
+        problem = _out_of_range(value)
+        if problem:
+            raise PydanticCustomError("out_of_range", problem)  # said as pydantic's own
+        return value
+
     @property
     def op_name(self) -> str:
         return self.op  # type: ignore[attr-defined]
@@ -249,6 +265,17 @@ def _takes_bool(annotation) -> bool:
     if get_origin(annotation) is Literal:
         return any(isinstance(a, bool) for a in get_args(annotation))
     return any(_takes_bool(a) for a in get_args(annotation))
+
+
+def _out_of_range(value: Any) -> str | None:
+    """What is wrong with a number in `value` (lists and tuples walked), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "Input should be a finite number"
+    if isinstance(value, int) and abs(value) > MAX_INT:
+        return f"Input should be at most {MAX_INT:,} in size"
+    if isinstance(value, (list, tuple)):
+        return next(filter(None, map(_out_of_range, value)), None)
+    return None
 
 
 def need_rank(layer: Layer, shape: Shape, ranks: tuple[int, ...], what: str) -> None:

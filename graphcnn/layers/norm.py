@@ -186,9 +186,10 @@ class Lrn(Layer):
     fp32_ops: ClassVar[frozenset[str]] = frozenset({"LRN"})
     draw_family: ClassVar[str] = "norm"
     size: int
-    # k > 0 and alpha >= 0 keep the base k + alpha/size * sum(x^2) positive, so its power is real
-    alpha: float = Field(1e-4, ge=0, allow_inf_nan=False)
-    beta: float = Field(0.75, allow_inf_nan=False)
+    # k > 0 and alpha >= 0 keep the base k + alpha/size * sum(x^2) positive, so its power is
+    # real; onnxruntime's LRN kernel also refuses alpha or beta that is not above 0
+    alpha: float = Field(1e-4, gt=0, allow_inf_nan=False)
+    beta: float = Field(0.75, gt=0, allow_inf_nan=False)
     k: float = Field(1.0, gt=0, allow_inf_nan=False)
 
     def infer(self, shapes: list[Shape]) -> Shape:

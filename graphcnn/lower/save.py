@@ -6,6 +6,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import Message
 
+from ..errors import CompileError, shown
 from ..fileio import atomic_paths, write_atomic
 
 PROTOBUF_LIMIT = 2 ** 31 - 1
@@ -13,8 +14,10 @@ PROTOBUF_LIMIT = 2 ** 31 - 1
 
 def save_model(model: onnx.ModelProto, path: str | Path, pending=()) -> None:
     """Write `model` atomically, followed by `pending` parameters (lower(parameters=False),
-    pending_parameters), which are drawn one at a time and written from their own memory."""
+    pending_parameters), which are drawn one at a time and written from their own memory.
+    Nothing is written unless the model passes the ONNX full check."""
     path = Path(path)
+    full_check(model, pending)
     head = without_initializers(model)
     if file_size(head, model) + sum(p.nbytes + 1024 for p in pending) < PROTOBUF_LIMIT:
         write_atomic(path, lambda tmp: write_streamed(head, model, tmp, pending))
@@ -25,6 +28,40 @@ def save_model(model: onnx.ModelProto, path: str | Path, pending=()) -> None:
         tensor.dims.extend(p.shape)
         tensor.raw_data = p.values().tobytes()
     save_external(model, path)
+
+
+def full_check(model: onnx.ModelProto, pending=()) -> None:
+    """onnx.checker's full check (structure, SSA names, types, strict shape inference) of the
+    model with each weight standing as a typed graph input: the same graph without copying the
+    weights (which graphcnn writes itself from their shapes), so a model past 2 GiB or with
+    weights still to be drawn is checked in milliseconds. A failure is a CompileError naming
+    the spec node whose ONNX node it names."""
+    skeleton = without_initializers(model)
+    declared = {i.name for i in skeleton.graph.input}
+    typed = [(t.name, t.data_type, list(t.dims)) for t in model.graph.initializer]
+    typed += [(p.name, onnx.TensorProto.FLOAT, list(p.shape)) for p in pending]
+    skeleton.graph.input.extend(onnx.helper.make_tensor_value_info(*t) for t in typed
+                                if t[0] not in declared)
+    try:
+        onnx.checker.check_model(skeleton, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CompileError(f"the model fails the ONNX full check: {shown(text, 500)}",
+                           node=_named_node(model, text),
+                           hint="a spec id may equal a name graphcnn generates") from None
+
+
+def _named_node(model: onnx.ModelProto, text: str) -> str | None:
+    """The spec node id behind the first ONNX node or value named in `text` ('conv.weight')."""
+    owner = {}
+    for node in model.graph.node:
+        spec_id = node.name.split("/")[0]
+        for name in [node.name, *node.output]:
+            owner.setdefault(name, spec_id)
+    for quoted in text.split("'")[1::2]:
+        if quoted in owner:
+            return owner[quoted]
+    return None
 
 
 def file_size(head: onnx.ModelProto, model: onnx.ModelProto) -> int:

@@ -9,7 +9,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, 
                       TypeAdapter, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
-from ..errors import Location, SpecError, nearest
+from ..errors import Location, SpecError, nearest, shown
 from ..gcpause import gc_paused
 from ..layers import REGISTRY, Layer
 from ..layers.base import on_registry_change
@@ -40,6 +40,14 @@ class BlockCall(BaseModel):
     @classmethod
     def _one_input_as_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("repeat", mode="before")
+    @classmethod
+    def _no_bool_for_repeat(cls, value: Any) -> Any:
+        """pydantic reads `repeat: true` as 1; a count is a number (as a layer's fields)."""
+        if isinstance(value, bool):
+            raise ValueError("true/false is not a number here")
+        return value
 
 
 class BlockDef(BaseModel):
@@ -326,7 +334,7 @@ def validation_error(exc: ValidationError, located: LocatedData | None,
         return SpecError(f"unknown field '{field}'{inside}" + (f"; {hint}" if hint else ""),
                          loc=where(path), node=node,
                          expected="one of: " + ", ".join(known) if known else None)
-    received = repr(err.get("input")) if err["type"] != "missing" else "nothing"
+    received = shown(repr(err.get("input"))) if err["type"] != "missing" else "nothing"
     name = str(path[-1]) if node is not None and path and not isinstance(path[-1], int) \
         else ".".join(map(str, path))
     return SpecError(f"bad value for '{name or 'spec'}': {err['msg']}", loc=where(path),
@@ -342,7 +350,9 @@ def _walk(data: Any, path: tuple) -> Any:
 def data_path(data: Any, loc: tuple) -> tuple:
     """Pydantic's error path, without the union tags that are not keys of the data."""
     path, cur = [], data
-    for key in loc:
+    for i, key in enumerate(loc):
+        if key == "block" and i + 1 < len(loc) and isinstance(cur, dict) and "block" in cur:
+            continue  # a block call's union tag, before the call's field (`repeat`, `args`)
         if isinstance(cur, dict) and key in cur:
             cur = cur[key]
         elif isinstance(cur, list) and isinstance(key, int) and key < len(cur):

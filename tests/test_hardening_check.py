@@ -1,0 +1,210 @@
+"""Hardening, round two (issue 20): `check` refuses whatever compile, run or train would,
+generated names cannot be taken by spec ids, and block expansion and expressions are bounded.
+Each class is fixed where it arises (a layer schema rule, the id rule, the expander's budget,
+the expression evaluator); these tests hold the classes, one or a few cases each."""
+from __future__ import annotations
+
+import math
+import time
+import typing
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from pydantic import ValidationError
+
+from graphcnn.cli import main
+from graphcnn.errors import CompileError
+from graphcnn.layers.base import MAX_INT, REGISTRY
+from graphcnn.lower.save import save_model
+
+# every command that reads a spec, with the arguments it needs besides the spec
+SPEC_COMMANDS = [("check",), ("summary",), ("compile", "-o", "{out}.onnx"), ("sizes",),
+                 ("lint",), ("draw", "-o", "{out}.mmd"), ("export-torch", "-o", "{out}.py")]
+
+
+def spec(nodes: str, inputs: str = "[4, 8]", blocks: str = "") -> str:
+    return (f"name: t\ninputs: {{x: {inputs}}}\n" + (f"blocks:\n{blocks}" if blocks else "")
+            + "nodes:\n" + nodes)
+
+
+def refused_everywhere(tmp_path, capsys, text: str, where: str, words: str,
+                       commands=SPEC_COMMANDS, seconds: float = 5.0) -> str:
+    """Every spec command exits 1 with `file:line:col` first, `words` in the message, no
+    traceback, within `seconds`, and writes nothing. Returns check's error line."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    first = None
+    for command, *rest in commands:
+        out = tmp_path / f"out_{command}"
+        start = time.perf_counter()
+        code = main([command, str(path), *(a.format(out=out) for a in rest)])
+        err = capsys.readouterr().err
+        assert time.perf_counter() - start < seconds, command
+        assert code == 1, (command, err)
+        assert err.startswith(f"error: {path}:{where}"), (command, err)
+        assert words in err and "Traceback" not in err, (command, err)
+        assert not list(tmp_path.glob("out_*")), command
+        first = first or err
+    return first
+
+
+# --- `check` is the whole check --------------------------------------------------------
+
+FIELD_CASES = [  # (node, input shape, the field refused, words of the message)
+    ("{id: fc, op: linear, features: 0}", "[4]", "features", "fc: bad value for 'features'"),
+    ("{id: fc, op: linear, features: -1}", "[4]", "features", "greater than or equal to 1"),
+    ("{id: hw, op: highway, skip: x, gate_kernel: 0}", "[4]", "gate_kernel", "equal to 1"),
+    ("{id: n, op: lrn, size: 3, alpha: 0}", "[4, 8]", "alpha", "Input should be greater than 0"),
+    ("{id: n, op: lrn, size: 3, beta: -0.5}", "[4, 8]", "beta", "Input should be greater than 0"),
+    ("{id: n, op: lrn, size: 3, beta: .nan}", "[4, 8]", "beta", "Input should be a finite number"),
+    ("{id: n, op: batchnorm1d, eps: 0}", "[4, 8]", "eps", "Input should be greater than 0"),
+    ("{id: n, op: batchnorm1d, eps: -1}", "[4, 8]", "eps", "Input should be greater than 0"),
+    ("{id: p, op: pad, pads: 1, value: .nan}", "[4, 8]", "value", "should be a finite number"),
+    ("{id: p, op: pad, pads: 1, value: -.inf}", "[4, 8]", "value", "should be a finite number"),
+    # quoted, so YAML's own bound does not see it; pydantic turns it into an int
+    ("{id: c, op: conv1d, channels: 2, kernel: 1, stride: '9223372036854775808'}", "[4, 8]",
+     "stride", "Input should be at most 4,611,686,018,427,387,904 in size"),
+    ("{id: c, op: conv1d, channels: 2, kernel: [1, '-9223372036854775808']}", "[4, 8]",
+     "kernel", "Input should be at most"),
+]
+
+
+@pytest.mark.parametrize("node, inputs, field, words", FIELD_CASES,
+                         ids=[f"{c[0].split(',')[1].strip()}-{c[2]}" for c in FIELD_CASES])
+def test_field_values_compile_or_run_would_refuse_are_refused_by_check(
+        tmp_path, capsys, node, inputs, field, words):
+    line = f"  - {node}\n"
+    where = f"4:{line.index(f' {field}:') + 2}: {node.split(',')[0][5:]}: bad value for '{field}'"
+    refused_everywhere(tmp_path, capsys, spec(line, inputs), where, words)
+
+
+def float_fields() -> list[tuple[str, str]]:
+    """(op, field) for every float-typed field of every registered op."""
+    def floats(annotation) -> bool:
+        return annotation is float or any(floats(a) for a in typing.get_args(annotation))
+    return [(op, name) for op, cls in sorted(REGISTRY.items())
+            for name, field in cls.model_fields.items() if floats(field.annotation)]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_no_float_field_of_any_op_takes_nan_or_infinity(value):
+    """One rule on the Layer base, so a new op (or a plugin's) cannot forget it."""
+    fields = float_fields()
+    assert len(fields) > 20
+    for op, name in fields:
+        with pytest.raises(ValidationError) as info:
+            REGISTRY[op].model_validate({name: value})
+        assert any(e["loc"][:1] == (name,) for e in info.value.errors()), (op, name)
+
+
+def test_no_integer_field_takes_a_value_past_max_int():
+    from graphcnn.layers.dense import Linear
+
+    assert Linear.model_validate({"features": str(MAX_INT)}).features == MAX_INT
+    for text in (str(MAX_INT + 1), "9" * 30):
+        with pytest.raises(ValidationError, match="at most"):
+            Linear.model_validate({"features": text})
+
+
+BLOCK = "  b:\n    params: {w: 2, act: relu}\n    nodes:\n      - {op: linear, features: w}\n"
+
+
+def test_repeat_true_is_refused_as_channels_true_is(tmp_path, capsys):
+    text = spec("  - {id: s, block: b, repeat: true}\n", "[4]", BLOCK)
+    refused_everywhere(tmp_path, capsys, text, "9:23:",
+                       "s: bad value for 'repeat': Value error, true/false is not a number")
+
+
+@pytest.mark.parametrize("expr, words", [
+    ("\"'a' + 'b'\"", "arithmetic takes numbers, not str 'a'"),
+    ("\"act * 3\"", "arithmetic takes numbers, not str 'relu'"),
+    ("\"'relu' if w > 1 else 'gelu'\"", "an expression computes a number or true/false, not str"),
+    ("\"(0 - w) ** 0.5\"", "not a real number"),
+    ("\"1e300 * 1e300 * w\"", "not a finite number"),
+])
+def test_an_expression_computes_numbers(tmp_path, capsys, expr, words):
+    blocks = BLOCK.replace("features: w", f"features: {expr}")
+    text = spec("  - {id: s, block: b}\n", "[4]", blocks)
+    refused_everywhere(tmp_path, capsys, text, "7:9: s: cannot evaluate", words)
+
+
+def test_a_parameter_still_passes_a_string_through(tmp_path, capsys):
+    blocks = BLOCK + "      - {op: act, when: act != 'none'}\n"
+    path = tmp_path / "ok.yaml"
+    path.write_text(spec("  - {id: s, block: b, args: {act: gelu}}\n"
+                         "  - {id: t, block: b, args: {act: none}}\n", "[4]", blocks))
+    assert main(["check", str(path)]) == 0, capsys.readouterr().err
+
+
+def ssa_broken_model() -> onnx.ModelProto:
+    """Two nodes writing one value: what a spec id equal to a parameter name produced."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("Relu", ["x"], ["y"], name="a/Relu1"),
+             helper.make_node("Sigmoid", ["x"], ["y"], name="b/Sigmoid1")]
+    return helper.make_model(helper.make_graph(nodes, "g", [x], [y]))
+
+
+def test_every_written_model_passes_the_full_check(tmp_path):
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"previous")
+    with pytest.raises(CompileError, match="fails the ONNX full check: .*SSA") as info:
+        save_model(ssa_broken_model(), out)
+    assert info.value.node == "a" and out.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_full_check_sees_weights_still_to_be_drawn(tmp_path):
+    """The streamed save checks the weights it has not drawn yet by their shapes."""
+    from graphcnn.api import check_spec
+    from graphcnn.lower.inference import lower, pending_parameters
+    from graphcnn.spec import NetworkSpec
+
+    checked = check_spec(NetworkSpec.from_text(spec("  - {id: fc, op: linear, features: 3}\n",
+                                                    "[4]")))
+    model = lower(checked, parameters=False)
+    pending = pending_parameters(checked, 0, None)
+    save_model(model, tmp_path / "ok.onnx", pending)
+    onnx.checker.check_model(str(tmp_path / "ok.onnx"), full_check=True)
+    wrong = [type(p)(p.name, (5, 3), *list(vars(p).values())[2:]) if p.name == "fc.weight"
+             else p for p in pending]
+    with pytest.raises(CompileError, match="full check"):
+        save_model(model, tmp_path / "bad.onnx", wrong)
+
+
+# --- expressions are bounded -----------------------------------------------------------
+
+def expression_spec(expr: str, params: str = "{w: 2}") -> str:
+    blocks = f"  b:\n    params: {params}\n    nodes:\n      - {{op: linear, features: \"{expr}\"}}\n"
+    return spec("  - {id: s, block: b}\n", "[4]", blocks)
+
+
+@pytest.mark.parametrize("expr, words", [
+    ("'a' * 2**40", "arithmetic takes numbers, not str 'a'"),  # was a MemoryError
+    ("w" + "+w" * 499, "expression nested too deeply"),         # was a RecursionError
+    ("-" * 400 + "w", "expression nested too deeply"),
+    ("w" + " + w" * 499, "bad value for"),  # past MAX_EXPR_CHARS: text, refused as a value
+    ("2 ** 64 + w", "result too large"),
+    ("w * 4611686018427387904", "result too large"),
+], ids=["str-times-2**40", "500-plus", "400-minus", "long-text", "power", "product"])
+def test_expressions_are_bounded_in_depth_and_result(tmp_path, capsys, expr, words):
+    err = refused_everywhere(tmp_path, capsys, expression_spec(expr), "7:", words, seconds=2.0)
+    assert len(err) < 1000
+
+
+def test_errors_echo_at_most_a_few_hundred_characters(tmp_path, capsys):
+    """A long value in a message is cut (a 169-byte spec once made a 20 MB message)."""
+    long = "x" * 100_000
+    for text in (expression_spec("w * 2", "{w: " + long + "}"),
+                 spec(f"  - {{id: fc, op: linear, features: {long}}}\n", "[4]")):
+        err = refused_everywhere(tmp_path, capsys, text, "", "more characters)",
+                                 commands=[("check",)])
+        assert len(err) < 1000
+
+
+def test_long_strings_are_not_parsed_as_expressions():
+    from graphcnn.spec.exprs import MAX_EXPR_CHARS, evaluate
+
+    text = "w" + " + 0" * MAX_EXPR_CHARS
+    assert evaluate(text, {"w": 1}) == text and evaluate("w + 0", {"w": 1}) == 1
