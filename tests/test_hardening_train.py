@@ -131,3 +131,91 @@ def test_ceil_pools_admitted_and_computed_as_torch(kind, length, fields):
         F, kind, F.conv1d(x, p["pre.weight"], p["pre.bias"]), fields))
     for name, (ours, theirs) in grads.items():
         np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+# --- command-line values ---------------------------------------------------------------------
+
+SPEC = """name: tiny
+inputs: {x: [1, 8]}
+nodes:
+  - {id: conv1, op: conv1d, channels: 4, kernel: 3}
+  - {op: relu}
+  - {op: flatten}
+  - {id: fc, op: linear, features: 3}
+training: {epochs: 2, batch: 4, seed: 1}
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """(spec path, data path) of a 3-class problem of 32 rows."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 1, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=x[:, 0, :3].argmax(axis=1))
+    (tmp_path / "tiny.yaml").write_text(SPEC)
+    return tmp_path / "tiny.yaml", tmp_path / "d.npz"
+
+
+def cli(capsys, *args) -> tuple[int, str]:
+    """In process: the exit code (argparse's SystemExit included) and stderr."""
+    from graphcnn.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command,flag,value", [
+    ("train", "--seed", -1), ("train", "--batch", 10 ** 12), ("train", "--batch", 2 ** 66),
+    ("train", "--epochs", 0), ("run", "--batch", 10 ** 12), ("run", "--batch", 2 ** 66),
+    ("run", "--batch", 0), ("compile", "--batch", 0),
+    ("run", "--seed", -1), ("compile", "--seed", -1), ("compile", "--batch", 2 ** 66),
+    ("bench", "--repeat", 0), ("bench", "--threads", 10 ** 11), ("bench", "--warmup", -1),
+    ("summary", "--batch", 0), ("check", "--max-tensor", -5),
+])
+def test_out_of_range_values_are_usage_errors(capsys, tiny, command, flag, value):
+    """Before: `compile --seed -1` and `--batch 2**66` tracebacks from numpy and onnx, `run
+    --batch 10**12` asked numpy for 58 TiB, `train --batch 10**12` was killed for memory,
+    `bench --repeat 0` an IndexError, `--threads 10**11` a pybind11 type error."""
+    spec, data = tiny
+    extra = {"train": ["--data", data, "-o", spec.with_suffix(".onnx")],
+             "compile": ["-o", spec.with_suffix(".onnx")]}.get(command, [])
+    code, err = cli(capsys, command, spec, *extra, flag, value)
+    assert code == 2 and f"argument {flag}: expected a whole number" in err, err
+    assert not spec.with_suffix(".onnx").exists()
+
+
+def test_bench_batches_and_sizes_range_bounded(capsys, tiny):
+    spec, _ = tiny
+    code, err = cli(capsys, "bench", spec, "--batches", f"1,{10 ** 12}")
+    assert code == 1 and "--batches takes whole numbers from 1 to 16,777,216" in err
+    code, err = cli(capsys, "sizes", spec, "--range", "1:100000000")  # before: about a day
+    assert code == 1 and "--range covers at most 10,000 sizes" in err
+
+
+def test_a_spec_batch_too_large_is_refused_before_allocating(capsys, tiny):
+    """`training: {batch: 10**12}` passes the flags; the step checks its largest tensor."""
+    spec, data = tiny
+    spec.write_text(SPEC.replace("batch: 4", "batch: 1000000000000"))
+    for args in (["compile", spec, "--training", "-o", spec.with_suffix(".onnx")],
+                 ["train", spec, "--data", data, "-o", spec.with_suffix(".onnx")]):
+        code, err = cli(capsys, *args)
+        assert code == 1 and "batch 1,000,000,000,000 is too large: conv1 would hold " \
+            "24,000,000,000,000 elements" in err and "a batch of at most 89,478,485" in err, err
+    assert not spec.with_suffix(".onnx").exists()
+
+
+def test_library_bounds_behind_the_flags():
+    from graphcnn.deploy.bench import bench
+    from graphcnn.errors import RunError
+    from graphcnn.runtime import random_inputs, session, session_options
+
+    model = lower(checked_of({"x": [1, 8]}, [{"id": "fc", "op": "linear", "features": 2}]))
+    with pytest.raises(RunError, match="too large; expected at most 2,147,483,647 elements"):
+        random_inputs(session(model), 10 ** 12)
+    with pytest.raises(RunError, match="threads must be from 1 to 1,024"):
+        session_options(10 ** 11)
+    with pytest.raises(RunError, match="repeat >= 1"):
+        bench([model], [1], repeat=0)

@@ -56,15 +56,48 @@ def spec_positional(p, dest: str = "spec", help: str = "a spec YAML file") -> No
 def spec_arg(p) -> None:
     """The spec positional (with --set) and the --max-params/--max-tensor limits of checking it."""
     spec_positional(p)
-    p.add_argument("--max-params", type=int, default=Limits.max_total_params, metavar="N",
+    p.add_argument("--max-params", type=positive_int(), default=Limits.max_total_params,
+                   metavar="N",
                    help="refuse networks with more weights in all (default %(default)s)")
-    p.add_argument("--max-tensor", type=int, default=Limits.max_tensor_elements, metavar="N",
+    p.add_argument("--max-tensor", type=positive_int(), default=Limits.max_tensor_elements,
+                   metavar="N",
                    help="refuse layer outputs with more elements per sample (default %(default)s)")
 
 
 def limits(args) -> Limits:
     return Limits(max_tensor_elements=args.max_tensor, max_total_params=args.max_params)
 
+
+# Upper ends of numeric flags. A value past them is a usage error (exit 2) before any work,
+# never a traceback from onnx or onnxruntime, nor an allocation of that size.
+MAX_BATCH = 2 ** 24  # rows of a run or step; the tensors' own sizes are checked where made
+MAX_SEED = 2 ** 63 - 1  # numpy takes any size; ONNX metadata and int64 fields do not
+MAX_REPEAT = 10 ** 6  # timed runs of bench
+MAX_EPOCHS = 10 ** 6  # a run's epochs, each at least one step
+
+
+def whole_number(low: int, high: int | None = None):
+    """An argparse `type`: an integer from `low` to `high` (None: no upper end)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number; received {text!r}") \
+                from None
+        if value < low or (high is not None and value > high):
+            span = f"from {low:,} to {high:,}" if high is not None else f"of {low:,} or more"
+            raise argparse.ArgumentTypeError(f"expected a whole number {span}; received {text}")
+        return value
+
+    return parse
+
+
+def positive_int(max: int | None = None):
+    return whole_number(1, max)
+
+
+def non_negative_int(max: int | None = None):
+    return whole_number(0, max)
 
 
 def weights_args(p, flag: str = "--weights") -> None:

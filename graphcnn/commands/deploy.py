@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from ..api import model_to_run
-from .args import spec_positional, weights_args, weights_options
+from .args import (MAX_BATCH, MAX_REPEAT, non_negative_int, positive_int, spec_positional,
+                   weights_args, weights_options)
 from ..errors import RunError
 from ..runtime import existing_file, load_model
+from ..runtime.sessions import MAX_THREADS
 from .output import out, print_json
 from .registry import command, configure
 
@@ -37,9 +39,11 @@ def _bench_args(p):
     p.add_argument("--compare", help="a second model, run alternately in the same process")
     p.add_argument("--batches", default="1,8", help="comma-separated batch sizes (default 1,8)")
     p.add_argument("--provider", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all)")
-    p.add_argument("--repeat", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=positive_int(MAX_THREADS), default=None,
+                   help="intra-op threads (default: all)")
+    p.add_argument("--repeat", type=positive_int(MAX_REPEAT), default=20, help="timed runs")
+    p.add_argument("--warmup", type=non_negative_int(MAX_REPEAT), default=3,
+                   help="untimed runs first")
     p.add_argument("--json", action="store_true")
 
 
@@ -48,8 +52,9 @@ def _batches(text: str) -> list[int]:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
-    if not values or min(values) < 1:
-        raise RunError("--batches takes positive integers separated by commas", received=text)
+    if not values or min(values) < 1 or max(values) > MAX_BATCH:
+        raise RunError("--batches takes whole numbers from 1 to "
+                       f"{MAX_BATCH:,} separated by commas", received=text)
     return values
 
 

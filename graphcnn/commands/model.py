@@ -6,7 +6,8 @@ import numpy as np
 from ..api import check_spec, load_spec, model_to_run
 from ..errors import RunError
 from ..spec.expand import self_contained_text
-from .args import limits, spec_arg, spec_positional, weights_args, weights_options
+from .args import (MAX_BATCH, MAX_SEED, limits, non_negative_int, positive_int, spec_arg,
+                   spec_positional, weights_args, weights_options)
 from .output import out
 from .registry import command, configure
 
@@ -37,9 +38,11 @@ def cmd_compile(args) -> int:
 def _compile_args(p):
     spec_arg(p)
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
-    p.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    p.add_argument("--seed", type=non_negative_int(MAX_SEED), default=0,
+                   help="weight initialisation seed")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: newest supported)")
-    p.add_argument("--batch", type=int, default=None, help="fix the batch size (default: dynamic N)")
+    p.add_argument("--batch", type=positive_int(MAX_BATCH), default=None,
+                   help="fix the batch size (default: dynamic N)")
     p.add_argument("--training", action="store_true",
                    help="write the training-step model (forward, loss, backward, update) instead")
     weights_args(p)
@@ -96,9 +99,11 @@ def _run_args(p):
     weights_args(p)
     p.add_argument("--input", help=".npy (one input) or .npz (by input name)")
     p.add_argument("--output", help=".npy (one output) or .npz (all outputs)")
-    p.add_argument("--batch", type=int, default=1, help="batch of the random input (default 1)")
+    p.add_argument("--batch", type=positive_int(MAX_BATCH), default=1,
+                   help="batch of the random input (default 1)")
     p.add_argument("--provider", default="cpu", help="cpu, cuda, or a full provider name")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random input")
+    p.add_argument("--seed", type=non_negative_int(MAX_SEED), default=0,
+                   help="seed of the random input")
 
 
 def _load_inputs(path: str, sess) -> dict:

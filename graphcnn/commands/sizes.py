@@ -7,6 +7,9 @@ from .output import out, print_json
 from .registry import command, configure
 
 PER_LINE = 8
+# Sizes one run tries: each is a full shape check (about 1 ms for a small spec, 5 for ResNet-18),
+# so --range 1:100000000 would run for a day.
+MAX_SIZES = 10_000
 
 
 @command("sizes", "list the spatial input sizes a spec accepts and the output size at each")
@@ -43,6 +46,10 @@ def _range(text: str) -> tuple[int, int]:
         raise SpecError("--range takes A:B with whole numbers", received=text) from None
     if not 1 <= low <= high:
         raise SpecError("--range needs 1 <= A <= B", received=text)
+    if high - low + 1 > MAX_SIZES:
+        raise SpecError(f"--range covers at most {MAX_SIZES:,} sizes", received=text,
+                        hint="give a smaller range: the rule it prints, when one is found, "
+                        "holds past it")
     return low, high
 
 

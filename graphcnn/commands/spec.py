@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..api import check_spec
-from .args import limits, spec_arg
+from .args import MAX_BATCH, limits, positive_int, spec_arg
 from .output import out, print_json
 from .registry import command, configure
 
@@ -57,7 +57,7 @@ def _summary_args(p):
     spec_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--depth", type=int, default=None, help="fold block instances below K levels")
-    p.add_argument("--batch", type=int, default=None, metavar="B",
+    p.add_argument("--batch", type=positive_int(MAX_BATCH), default=None, metavar="B",
                    help="add activation memory per layer at batch B, the peak of an inference "
                         "pass, weight bytes per precision and FLOPs (2 x MACs)")
     p.add_argument("--by-op", action="store_true", help="one row per op type: totals")

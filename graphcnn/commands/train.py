@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from ..api import check_spec, load_spec
 from ..fileio import UpdatedPath
-from .args import spec_positional, weights_args, weights_options
+from .args import (MAX_BATCH, MAX_EPOCHS, MAX_SEED, non_negative_int, positive_int,
+                   spec_positional, weights_args, weights_options)
 from .output import out
 from .registry import command, configure
 
@@ -95,14 +96,14 @@ def _train_args(p):
                    "folder beside them is the held-out set), a CSV of path,label rows, "
                    "'mnist1d', or an .npz with x, y (and x_test, y_test)")
     p.add_argument("-o", "--output", required=True, help="the trained .onnx model to write")
-    p.add_argument("--epochs", type=int, help="total epochs (a resumed run counts the done ones)")
-    p.add_argument("--batch", type=int, help="rows per step (a last partial batch is filled up "
+    p.add_argument("--epochs", type=positive_int(MAX_EPOCHS), help="total epochs (a resumed run counts the done ones)")
+    p.add_argument("--batch", type=positive_int(MAX_BATCH), help="rows per step (a last partial batch is filled up "
                    "with rows of the same epoch that get mask 0: they add nothing to the loss)")
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--momentum", type=float, help="SGD momentum")
     p.add_argument("--weight-decay", type=float, help="L2 (sgd, adam) or decoupled (adamw) decay")
-    p.add_argument("--seed", type=int, help="initialisation and shuffling seed")
+    p.add_argument("--seed", type=non_negative_int(MAX_SEED), help="initialisation and shuffling seed")
     p.add_argument("--provider", default="cpu", help="cpu, cuda, or a full provider name")
     p.add_argument("--resume", type=UpdatedPath,  # the checkpoint goes on being written
                    help="a checkpoint (.ckpt.npz) to continue from")
@@ -110,9 +111,9 @@ def _train_args(p):
                    help="hold out this share of each class as the validation set (e.g. 0.2)")
     p.add_argument("--keep", choices=["last", "best"],
                    help="export the last epoch's model or the best validation epoch's")
-    p.add_argument("--patience", type=int, metavar="EPOCHS",
+    p.add_argument("--patience", type=positive_int(MAX_EPOCHS), metavar="EPOCHS",
                    help="stop after this many epochs without a better validation score")
-    p.add_argument("--workers", type=int, metavar="N",
+    p.add_argument("--workers", type=non_negative_int(256), metavar="N",
                    help="image decoding threads (default: up to 4; 0: in the training thread)")
     p.add_argument("--max-bad", type=float, metavar="SHARE", help="the share of images that may "
                    "be unreadable (skipped and listed) before the run stops (default 0.01)")
@@ -136,7 +137,7 @@ def _train_args(p):
                    help="no weight decay on biases and normalisation scales (one-axis tensors)")
     p.add_argument("--freeze", action="append", metavar="IDS", help="keep these nodes fixed: "
                    "ids, block instances or patterns (stage1, 'stage*.block0'); repeatable")
-    p.add_argument("--head-classes", type=int, metavar="K",
+    p.add_argument("--head-classes", type=positive_int(), metavar="K",
                    help="replace the classifier (the last linear or conv) with K outputs")
     weights_args(p, "--init")  # --init W.pth [--map] [--weights-key] [--partial]: fine-tuning
 

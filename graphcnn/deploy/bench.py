@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import RunError
 from ..runtime import random_inputs, session
 
 
@@ -31,6 +32,9 @@ class Timing:
 def bench(models: list, batches: list[int], *, provider: str = "cpu", threads: int | None = None,
           repeat: int = 20, warmup: int = 3, seed: int = 0) -> dict:
     """{'results': [[Timing per batch] per model], 'max_abs_diff': {batch: float}}."""
+    if repeat < 1 or warmup < 0:  # no timing at all has no median
+        raise RunError("bench needs repeat >= 1 and warmup >= 0",
+                       received=f"repeat={repeat}, warmup={warmup}")
     # sessions that take turns must not spin while waiting, or each slows the other
     spinning = "always" if len(models) == 1 else "never"
     sessions = [session(m, provider, threads, spinning=spinning) for m in models]

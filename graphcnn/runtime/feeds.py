@@ -8,6 +8,10 @@ import numpy as np
 
 from ..errors import RunError
 
+# Elements of one random input (float64 while drawn): a --batch of 10**12 is refused here, before
+# numpy allocates; the same bound as a layer output's per sample (graph/limits.py).
+MAX_RANDOM_ELEMENTS = 2 ** 31 - 1
+
 
 @dataclass
 class RunResult:
@@ -24,6 +28,10 @@ def random_inputs(sess, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     sizes = dynamic_sizes(sess)
     for inp in sess.get_inputs():
         dims = [d if isinstance(d, int) else sizes.get(d, batch) for d in inp.shape]
+        if int(np.prod(dims, dtype=object)) > MAX_RANDOM_ELEMENTS:
+            raise RunError(f"a random input '{inp.name}' of shape {dims} is too large",
+                           expected=f"at most {MAX_RANDOM_ELEMENTS:,} elements",
+                           hint="give a smaller --batch")
         feeds[inp.name] = rng.standard_normal(dims).astype(np.float32)
     return feeds
 

@@ -16,6 +16,7 @@ PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvide
                     "coreml": "CoreMLExecutionProvider", "openvino": "OpenVINOExecutionProvider"}
 
 Spinning = Literal["always", "never", "during-run"]
+MAX_THREADS = 1024  # intra-op threads: onnxruntime takes an int32, and each is a real thread
 
 # The session config entries of each spinning mode ("always" is onnxruntime's default).
 # "never": idle worker threads do not busy-wait, which matters when several sessions share the
@@ -71,6 +72,9 @@ def session_options(threads: int | None = None, spinning: Spinning = "always"):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if threads is not None and not 0 <= threads <= MAX_THREADS:
+        raise RunError(f"threads must be from 1 to {MAX_THREADS:,} (0: onnxruntime's default)",
+                       received=str(threads))
     if threads:
         options.intra_op_num_threads = threads
     for key, value in SPINNING_ENTRIES[spinning]:

@@ -23,7 +23,8 @@ from onnx import TensorProto, helper
 
 from ..version import __version__
 from ..errors import CompileError
-from ..graph import CheckedGraph
+from ..graph import CheckedGraph, Limits
+from ..layers.base import product
 from ..lower.inference import make_model
 from ..lower.initial_values import initial_value
 from ..lower.opset import choose_opset
@@ -70,8 +71,7 @@ def build_training_step(checked: CheckedGraph, *, batch: int, loss: str = "cross
     patterns kept fixed, train/freeze.py)."""
     cfg = OptimConfig(optimizer, momentum, weight_decay, tuple(betas), eps)
     cfg.validate()
-    if batch < 1:
-        raise CompileError("batch must be at least 1", received=str(batch))
+    check_batch(checked, batch)
     if len(checked.inputs) != 1:
         raise CompileError("training needs a network with exactly one input",
                            received=", ".join(checked.inputs))
@@ -92,6 +92,22 @@ def build_training_step(checked: CheckedGraph, *, batch: int, loss: str = "cross
     model = assemble(g, checked, batch, data, loss, params + state, outputs, opset)
     return TrainingStep(model, batch, data, params=params, state=state, outputs=list(outputs),
                         loss=loss, optimizer=optimizer)
+
+
+def check_batch(checked: CheckedGraph, batch: int) -> None:
+    """A step holds `batch` rows of every layer output: the largest times the batch stays
+    within the tensor limit (graph/limits.py), from shapes alone, before anything is built or
+    allocated (a `training: {batch: 10**12}` went on to allocate its padding rows)."""
+    if batch < 1:
+        raise CompileError("batch must be at least 1", received=str(batch))
+    limit = Limits().max_tensor_elements
+    shapes = {**checked.inputs, **{n.id: n.shape for n in checked.nodes}}
+    name, shape = max(shapes.items(), key=lambda item: product(item[1]))
+    if batch * product(shape) > limit:
+        raise CompileError(f"batch {batch:,} is too large: {name} would hold "
+                           f"{batch * product(shape):,} elements",
+                           expected=f"at most {limit:,} elements per tensor, a batch of at most "
+                                    f"{limit // max(product(shape), 1):,}")
 
 
 def carry_updates(g: TrainEmitter, checked: CheckedGraph, cfg: OptimConfig,
