@@ -218,9 +218,10 @@ def rich_text(renderable, width: int = 140) -> str:
     """Plain text of a rich renderable (no colour codes), whatever the terminal is."""
     from rich.console import Console
 
-    # force_jupyter=False: in a notebook rich would display the table itself as well
+    # force_jupyter=False: in a notebook rich would display the table itself as well;
+    # markup=False: cells are ids, paths and labels, printed as written (`[red]b` is an id)
     console = Console(width=width, record=True, file=_Null(), color_system=None,
-                      force_jupyter=False)
+                      force_jupyter=False, markup=False)
     console.print(renderable)
     return console.export_text()
 

@@ -22,6 +22,10 @@ from graphcnn.lower.save import save_model
 SPEC_COMMANDS = [("check",), ("summary",), ("compile", "-o", "{out}.onnx"), ("sizes",),
                  ("lint",), ("draw", "-o", "{out}.mmd"), ("export-torch", "-o", "{out}.py")]
 
+# `sizes` sweeps input sizes without requiring the nominal one to check (that is its use), so
+# the name rule, checked after shapes, is not its business
+CHECKED_COMMANDS = [c for c in SPEC_COMMANDS if c[0] != "sizes"]
+
 
 def spec(nodes: str, inputs: str = "[4, 8]", blocks: str = "") -> str:
     return (f"name: t\ninputs: {{x: {inputs}}}\n" + (f"blocks:\n{blocks}" if blocks else "")
@@ -29,7 +33,7 @@ def spec(nodes: str, inputs: str = "[4, 8]", blocks: str = "") -> str:
 
 
 def refused_everywhere(tmp_path, capsys, text: str, where: str, words: str,
-                       commands=SPEC_COMMANDS, seconds: float = 5.0) -> str:
+                       commands=SPEC_COMMANDS, seconds: float = 10.0) -> str:
     """Every spec command exits 1 with `file:line:col` first, `words` in the message, no
     traceback, within `seconds`, and writes nothing. Returns check's error line."""
     path = tmp_path / "bad.yaml"
@@ -189,7 +193,7 @@ def expression_spec(expr: str, params: str = "{w: 2}") -> str:
     ("w * 4611686018427387904", "result too large"),
 ], ids=["str-times-2**40", "500-plus", "400-minus", "long-text", "power", "product"])
 def test_expressions_are_bounded_in_depth_and_result(tmp_path, capsys, expr, words):
-    err = refused_everywhere(tmp_path, capsys, expression_spec(expr), "7:", words, seconds=2.0)
+    err = refused_everywhere(tmp_path, capsys, expression_spec(expr), "7:", words)
     assert len(err) < 1000
 
 
@@ -208,3 +212,142 @@ def test_long_strings_are_not_parsed_as_expressions():
 
     text = "w" + " + 0" * MAX_EXPR_CHARS
     assert evaluate(text, {"w": 1}) == text and evaluate("w + 0", {"w": 1}) == 1
+
+
+# --- names -----------------------------------------------------------------------------
+
+LINEAR = "  - {id: conv, op: linear, features: 4}\n"
+
+
+@pytest.mark.parametrize("nodes, inputs, where, words", [
+    (LINEAR + "  - {id: conv.weight, op: relu}\n", "[4, 8]", "5:5: conv.weight:",
+     "is the name of parameter 'conv.weight' of node 'conv'"),
+    (LINEAR + "  - {id: conv.bias.new, op: relu}\n", "[4, 8]", "5:5: conv.bias.new:",
+     "extends the name of parameter 'conv.bias'"),
+    (LINEAR + "  - {id: h/Gemm1, op: relu}\n", "[4, 8]", "5:5: h/Gemm1:", "holds '/'"),
+    ("  - {id: 'const.i64[2]', op: relu}\n", "[4, 8]", "4:5:", "starts with 'const'"),
+    ("  - {id: const, op: linear, features: 2}\n", "[4, 8]", "4:5:", "starts with 'const'"),
+    ("  - {id: labels, op: linear, features: 2}\n", "[4, 8]", "4:5:", "of the training step"),
+    ("  - {id: loss, op: relu}\n", "[4, 8]", "4:5:", "of the training step"),
+], ids=["param", "param-new", "slash", "const-prefix", "const", "labels", "loss"])
+def test_ids_that_generated_names_could_take_are_refused(tmp_path, capsys, nodes, inputs, where,
+                                                         words):
+    refused_everywhere(tmp_path, capsys, spec(nodes, inputs), where, words, CHECKED_COMMANDS)
+
+
+def test_network_input_names_follow_the_same_rule(tmp_path, capsys):
+    text = "name: t\ninputs: {lr: [4, 8]}\nnodes:\n  - {op: relu}\n"
+    refused_everywhere(tmp_path, capsys, text, "2:10: lr: id 'lr'", "training step",
+                       CHECKED_COMMANDS)
+
+
+def test_parameter_names_of_two_nodes_cannot_meet(tmp_path, capsys):
+    nodes = ("  - {id: a, op: add, skip: x, project: conv_bn}\n"
+             "  - {id: a.project.bn, op: batchnorm1d}\n")
+    refused_everywhere(tmp_path, capsys, spec(nodes), "5:5: a.project.bn:",
+                       "parameter 'a.project.bn.weight' of node 'a.project.bn' has the name of "
+                       "a parameter of node 'a'", CHECKED_COMMANDS)
+
+
+def test_the_training_step_names_nothing_else(tmp_path):
+    """The names the rule keeps free are all the step's own names (guards the list)."""
+    from graphcnn.api import check_spec
+    from graphcnn.graph.names import TRAINING_NAMES
+    from graphcnn.spec import NetworkSpec
+    from graphcnn.train.step import build_training_step
+
+    nodes = "  - {id: c, op: conv1d, channels: 2, kernel: 3}\n  - {op: flatten}\n" + \
+            "  - {id: n, op: batchnorm1d}\n  - {id: fc, op: linear, features: 3}\n"
+    checked = check_spec(NetworkSpec.from_text(spec(nodes)))
+    for optimizer in ("sgd", "adam"):
+        step = build_training_step(checked, batch=2, optimizer=optimizer, momentum=0.9)
+        graph = step.model.graph
+        params = {f"{n.id}.{p}" for n in checked.nodes for p in n.params}
+        for value in [*graph.input, *graph.output]:
+            name = value.name
+            assert (name == "x" or name in TRAINING_NAMES
+                    or any(name.startswith(p + ".") or name == p for p in params)), name
+
+
+def test_export_weights_round_trips_every_parameter(tmp_path, capsys):
+    """Dotted ids, ids that look like parts of generated names: every parameter out and in."""
+    nodes = ("  - {id: l1.conv, op: conv1d, channels: 2, kernel: 3}\n"
+             "  - {id: constant, op: batchnorm1d}\n  - {op: flatten}\n"
+             "  - {id: weights.lr, op: linear, features: 3}\n")
+    path = tmp_path / "ids.yaml"
+    path.write_text(spec(nodes))
+    a, b, w = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "w.npz"
+    assert main(["compile", str(path), "-o", str(a), "--seed", "3"]) == 0
+    assert main(["export-weights", str(a), "-o", str(w)]) == 0
+    assert main(["compile", str(path), "-o", str(b), "--weights", str(w)]) == 0
+    capsys.readouterr()
+    import numpy as np
+    from onnx import numpy_helper
+
+    saved = dict(np.load(w))
+    assert sorted(saved) == sorted(["l1.conv.weight", "l1.conv.bias", "constant.weight",
+                                    "constant.bias", "constant.running_mean",
+                                    "constant.running_var", "weights.lr.weight",
+                                    "weights.lr.bias"])
+    first = {t.name: numpy_helper.to_array(t) for t in onnx.load(a).graph.initializer}
+    second = {t.name: numpy_helper.to_array(t) for t in onnx.load(b).graph.initializer}
+    assert first.keys() == second.keys()
+    assert all(np.array_equal(first[k], second[k]) for k in first)
+
+
+BLOCK_R = "  b:\n    nodes:\n      - {id: r, op: relu}\n"
+
+
+@pytest.mark.parametrize("nodes, where, name", [
+    ("  - {id: s, block: b, repeat: 2}\n  - {id: s.block0, op: sigmoid}\n", "9:5:", "s.block0"),
+    ("  - {id: s.block0, op: sigmoid}\n  - {id: s, block: b, repeat: 2}\n", "9:5:", "s.block0"),
+    ("  - {id: s, block: b}\n  - {id: s, op: sigmoid}\n", "9:5:", "s"),
+    ("  - {id: s, block: b, repeat: 0}\n  - {id: s, op: sigmoid}\n", "9:5:", "s"),
+    ("  - {id: x, block: b}\n", "8:5:", "x"),
+], ids=["node-after-instance", "instance-after-node", "unnumbered", "repeat-0", "input"])
+def test_an_id_equal_to_a_block_instance_is_a_duplicate(tmp_path, capsys, nodes, where, name):
+    """Before: the explicit node was silently left unused (or made a cycle)."""
+    refused_everywhere(tmp_path, capsys, spec(nodes, "[4, 8]", BLOCK_R), f"{where} {name}:",
+                       f"duplicate id '{name}'")
+
+
+# (an id cannot hold `/`, so rich's closing tags crash only through the network's name)
+MARKUP = ("name: 'net[/]'\ninputs: {x: [4]}\nnodes:\n  - {id: '[bold]a', op: relu}\n"
+          "  - {id: '[red]b', op: relu}\n")
+
+
+def test_ids_with_rich_markup_print_literally(tmp_path, capsys):
+    path = tmp_path / "m.yaml"
+    path.write_text(MARKUP)
+    assert main(["summary", str(path)]) == 0  # was rich's MarkupError
+    text = capsys.readouterr().out
+    assert "net[/]" in text and "[bold]a" in text and "[red]b" in text
+    other = tmp_path / "n.yaml"
+    other.write_text(MARKUP.replace("[red]b", "[red]c"))
+    assert main(["diff", str(path), str(other)]) in (0, 1)
+    captured = capsys.readouterr()
+    assert "[red]c" in captured.out and "Traceback" not in captured.err
+
+
+INJECT = ('name: "net\\nclick n0 call alert()"\ninputs: {x: [4]}\nnodes:\n'
+          '  - {id: "a\\"]\\n  click n1 href \\"javascript:alert(1)\\"\\n  n9[\\"#quot;", op: relu}\n')
+
+
+def test_draw_escapes_names(tmp_path, capsys):
+    """A newline or quote in a name cannot start a Mermaid or DOT statement."""
+    import shutil
+    import subprocess
+
+    path = tmp_path / "inject.yaml"
+    path.write_text(INJECT)
+    assert main(["draw", str(path), "-o", str(tmp_path / "g.mmd")]) == 0
+    assert main(["draw", str(path), "-o", str(tmp_path / "g.dot")]) == 0
+    capsys.readouterr()
+    mermaid = (tmp_path / "g.mmd").read_text()
+    assert not any(line.lstrip().startswith(("click", "n9")) for line in mermaid.splitlines())
+    assert 'title: "net\\\\nclick n0 call alert()"' in mermaid
+    assert "#35;quot;" in mermaid  # a `#` written in a name is no entity
+    dot = (tmp_path / "g.dot").read_text()
+    assert not any(line.lstrip().startswith(("click", "n9")) for line in dot.splitlines())
+    if shutil.which("dot"):
+        subprocess.run(["dot", "-Tsvg"], input=dot.encode(), capture_output=True, check=True)

@@ -156,7 +156,8 @@ class progress_display:
                        TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.1%} "
                                   "{task.fields[rate]:,.0f} images/s, "
                                   "loader wait {task.fields[waited]:.1f} s"),
-                       TimeElapsedColumn(), console=Console(stderr=True))
+                       TimeElapsedColumn(),  # notes (paths, labels) print as written
+                       console=Console(stderr=True, markup=False))
         self.task = None
 
     def __enter__(self):

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..graph import CheckedGraph
+from ..graph.names import is_generated
 from .namemap import IDENTITY, NOT_WEIGHTS, SKIP, NameMap, choose_map
 
 SHOWN = 6  # names listed per kind of problem
@@ -186,11 +187,14 @@ def load_into_model(model, path: str | Path, *, weights_map: str | None = None,
 
 
 def model_weights(model) -> dict[str, np.ndarray]:
-    """The parameter initializers of a graphcnn model (not its shared constants)."""
+    """The parameter initializers of a graphcnn model, not its constants. The naming rule
+    (graph/names.py) makes this exact: constants are `const.*` or `<id>/<name>`, and `check`
+    refuses an id that holds `/` or starts with `const`, so no parameter `<id>.<name>` looks
+    like one."""
     from onnx import numpy_helper
 
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
-            if not t.name.startswith("const.") and "/" not in t.name}
+            if not is_generated(t.name)}
 
 
 def renamed_for(weights: dict[str, np.ndarray], name_map: NameMap) -> dict[str, np.ndarray]:

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from html import escape
+from html import escape as _html
 
 from ..errors import GraphCnnError
 from ..layers import fmt_shape
 from .model import Box, Drawing
-from .style import box_fill, dims, edge_style
+from .style import box_fill, dims, edge_style, visible
 
 INSTALL_HINT = ("install Graphviz: `apt-get install graphviz` (Debian/Ubuntu), `brew install "
                 "graphviz` (macOS), or see https://graphviz.org/download/; or draw to .mmd")
@@ -93,8 +93,15 @@ def _level_ranks(drawing: Drawing) -> list[str]:
     return [f"  {{ rank=same; {'; '.join(ids)}; }}" for _, ids in sorted(levels.items())]
 
 
+def escape(text: str) -> str:
+    """Text in an HTML-like label: control characters made visible (XML has no place for most
+    of them), then HTML's escapes."""
+    return _html(visible(text))
+
+
 def _q(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A DOT quoted string: control characters made visible, backslashes and quotes escaped."""
+    return '"' + visible(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def render(dot_text: str, fmt: str) -> bytes:

@@ -1,9 +1,11 @@
 """Mermaid flowchart text for a Drawing: needs no program, and GitHub renders it in Markdown."""
 from __future__ import annotations
 
+import json
+
 from ..layers import fmt_shape
 from .model import Box, Drawing
-from .style import box_fill, dims, edge_style
+from .style import box_fill, dims, edge_style, visible
 
 _DASH = {"solid": "", "dashed": ",stroke-dasharray:6 4", "dotted": ",stroke-dasharray:2 3"}
 
@@ -12,7 +14,9 @@ def to_mermaid(drawing: Drawing, direction: str = "TB") -> str:
     ids = {box: f"n{i}" for i, box in enumerate(drawing.boxes)}
     fills = {f: f"f{i}" for i, f in enumerate(dict.fromkeys(
         box_fill(b) for b in drawing.boxes.values()))}
-    lines = ["---", f"title: {_text(drawing.name)}", "---", f"flowchart {direction}"]
+    # the front matter is YAML: the title as a JSON string, which YAML reads as it is
+    lines = ["---", f"title: {json.dumps(visible(drawing.name), ensure_ascii=False)}", "---",
+             f"flowchart {direction}"]
     lines += [f"  classDef {name} fill:{colour},stroke:#555,color:#000"
               for colour, name in fills.items()]
     lines += _scope(drawing, None, ids, fills, "  ", {c: f"c{i}" for i, c in enumerate(drawing.clusters)})
@@ -64,7 +68,10 @@ def _link_style(kind: str, numbers: list[int]) -> str:
             f"stroke-width:{s.width}px{_DASH[s.line]}")
 
 
+_ENTITIES = {"&": "#amp;", '"': "#quot;", "<": "#lt;", ">": "#gt;", "#": "#35;"}
+
+
 def _text(text: str) -> str:
-    """Mermaid's escapes inside a quoted label."""
-    return (str(text).replace("&", "#amp;").replace('"', "#quot;")
-            .replace("<", "#lt;").replace(">", "#gt;"))
+    """Mermaid's escapes inside a quoted label, in one pass (a `#` written in a name stays a
+    `#`, not the start of an entity), control characters made visible first."""
+    return "".join(_ENTITIES.get(c, c) for c in visible(text))

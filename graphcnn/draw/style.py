@@ -58,3 +58,9 @@ def box_fill(box) -> str:
 def dims(shape) -> str:
     """A tensor shape without the batch axis, as the chapter's figures write it: 16×32×32."""
     return "×".join(str(d) for d in shape)
+
+
+def visible(text: str) -> str:
+    """`text` with its control characters written as escapes (`\\n`, `\\x01`): a name is drawn
+    as one line, and a newline in an id cannot start a statement of the drawing's language."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))

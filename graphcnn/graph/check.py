@@ -13,6 +13,7 @@ from ..spec.expand import FlatNode, FlatSpec, flatten
 from .checked import CheckedGraph
 from .input_sizes import bind_smallest, explain_size
 from .limits import Limits, check_sizes
+from .names import check_names
 from .propagate import propagate
 from .sweep import is_symbolic
 from .wiring import build_graph, topological
@@ -31,6 +32,7 @@ def check(spec: NetworkSpec, limits: Limits | None = None) -> CheckedGraph:
         except ShapeError as exc:  # an input size that does not fit: name the nearest that do
             raise explain_size(flat, order, exc, spec) from None
     check_sizes(infos, limits or Limits())
+    check_names(flat.inputs, infos, lambda name: spec.location(("inputs", name)))
     unused = unreachable(graph, flat)
     warnings = notes + unused_warning(unused)
     return CheckedGraph(flat.name, dict(flat.inputs), tuple(infos), tuple(flat.outputs), graph,

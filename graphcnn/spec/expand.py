@@ -120,6 +120,12 @@ def _refuse_whole(parted: dict[str, list[str]], nodes: list[FlatNode], outputs: 
             raise _whole("output", name, parted[name], locs.get(name), None, ())
 
 
+def _duplicate(name: str, loc, via: tuple) -> GraphError:
+    return GraphError(f"duplicate id '{name}'", loc=loc, node=name, via=via,
+                      hint="it is also the name of a block instance, a block call, a node "
+                           "left out by `when:`, or a network input")
+
+
 def _whole(what: str, name: str, parts: list[str], loc, node, via) -> GraphError:
     return GraphError(f"{what} '{name}' has several outputs; name one of its parts", loc=loc,
                       node=node, via=via, expected="one of: " + ", ".join(parts),
@@ -225,6 +231,7 @@ class _Expander:
         self.by_id: dict[str, FlatNode] = {}
         self.shapes = EarlyShapes(inputs, self.expanded, self.alias)
         self.reads: dict[str, ShapeRead] = {}  # by the value read: the first read of each
+        self.network_inputs = set(inputs)
 
     def expand(self, items: list, source: _Source, path: tuple, scope: tuple, names: dict,
                previous: str, via: tuple) -> str:
@@ -240,7 +247,7 @@ class _Expander:
             loc = source.located.loc(source.prefix + path + (i,)) if source.located else None
             node_id = prefix + local_ids[i]
             if isinstance(item, _Skipped):  # `when:` false: the id names the value before it
-                self.aliases[node_id] = previous
+                self.name_value(node_id, previous, loc, via)
             elif isinstance(item, BlockCall):
                 previous = self.call(item, node_id, resolve, previous, scope, loc, via)
             else:
@@ -285,7 +292,16 @@ class _Expander:
         for name, layer in zip(self.parted[node.id], parts):
             self.add(replace(node, id=name, layer=layer, index=len(self.nodes)))
 
+    def name_value(self, name: str, value: str, loc, via: tuple) -> None:
+        """`name` (a block instance, a call, a skipped node) stands for `value`; it may be no
+        other node's or instance's name (readers would silently get one of the two)."""
+        if name in self.aliases or name in self.by_id or name in self.network_inputs:
+            raise _duplicate(name, loc, via)
+        self.aliases[name] = value
+
     def add(self, node: FlatNode) -> None:
+        if node.id in self.aliases:
+            raise _duplicate(node.id, node.loc, node.via)
         if len(self.nodes) >= MAX_NODES:
             raise SpecError("the spec expands to too many nodes", loc=node.loc, node=node.id,
                             expected=f"at most {MAX_NODES:,}", via=node.via)
@@ -325,12 +341,14 @@ class _Expander:
         inputs = [resolve(n) for n in item.inputs] if item.inputs else [previous]
         numbered = "repeat" in item.model_fields_set  # the one naming rule (module docstring)
         outer = scope + ((call_id,) if numbered else ())  # `stage3` folds its instances
+        self.name_value(call_id, inputs[0], loc, via)  # claimed first; its value is set below
         for k in range(repeat):
             inst = f"{call_id}.block{k}" if numbered else call_id
             args = self.call_args(item, k, inst, loc, via)
             out = self.instance(block, source, inst, args, inputs, outer, via + ((loc,) if loc else ()), item, loc,
                                 call_id)
-            self.aliases[inst] = out
+            if numbered:
+                self.name_value(inst, out, loc, via)
             inputs = [out]
         self.aliases[call_id] = inputs[0]
         return inputs[0]
