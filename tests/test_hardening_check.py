@@ -13,6 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 from pydantic import ValidationError
 
+from conftest import SPECS
 from graphcnn.cli import main
 from graphcnn.errors import CompileError
 from graphcnn.layers.base import MAX_INT, REGISTRY
@@ -351,3 +352,53 @@ def test_draw_escapes_names(tmp_path, capsys):
     assert not any(line.lstrip().startswith(("click", "n9")) for line in dot.splitlines())
     if shutil.which("dot"):
         subprocess.run(["dot", "-Tsvg"], input=dot.encode(), capture_output=True, check=True)
+
+
+# --- expansion is bounded --------------------------------------------------------------
+
+EMPTY = ("  e: {params: {a: 0}, nodes: []}\n"
+         "  m: {params: {a: 0}, nodes: [{id: i, block: e, repeat: 100000, args: {a: a}}]}\n"
+         "  o: {params: {a: 0}, nodes: [{id: j, block: m, repeat: 100000, args: {a: a}}]}\n")
+
+
+def test_instances_are_counted_not_only_nodes(tmp_path, capsys, monkeypatch):
+    """An empty block repeated 10^5 x 10^5 x 10^5 emits no node; it used to run for ever
+    (at the real limit, 100,000 instances, it stops after about 3 s of CPU)."""
+    from graphcnn.spec import expand
+
+    monkeypatch.setattr(expand, "MAX_INSTANCES", 2000)
+    text = spec("  - {op: relu}\n  - {id: k, block: o, repeat: 100000}\n", "[4, 8]", EMPTY)
+    err = refused_everywhere(tmp_path, capsys, text, "5:31:", "too many block instances")
+    assert "(instantiated at" in err and "k.block0.j.block0.i.block" in err
+
+
+def test_argument_cost_is_bounded(tmp_path, capsys, monkeypatch):
+    """A 10 kB argument handed to 10^5 instances (a 300 kB spec once took 75 minutes); at
+    the real limit (2,000,000 values and characters) it stops after about 1 s of CPU."""
+    from graphcnn.spec import expand
+
+    monkeypatch.setattr(expand, "MAX_ARGUMENT_COST", 50_000)
+    big = "[" + ",".join(["7"] * 5_000) + "]"
+    text = spec(f"  - {{op: relu}}\n  - {{id: k, block: o, repeat: 1000, args: {{a: {big}}}}}\n",
+                "[4, 8]", EMPTY)
+    refused_everywhere(tmp_path, capsys, text, "5:31: k.block0.j.block0.i.block",
+                       "too large for this many instances")
+
+
+def test_shipped_specs_spend_little_of_the_budgets():
+    from graphcnn.spec import NetworkSpec, expand
+
+    seen = {}
+    original = expand._Expander.spent
+
+    def spent(self, value):
+        seen["cost"], seen["instances"] = self.cost, self.instance_count
+        return original(self, value)
+
+    expand._Expander.spent = spent
+    try:
+        expand.flatten(NetworkSpec.from_yaml(SPECS / "resnet200.yaml"))
+    finally:
+        expand._Expander.spent = original
+    assert seen["cost"] < expand.MAX_ARGUMENT_COST // 100
+    assert seen["instances"] < expand.MAX_INSTANCES // 100

@@ -32,6 +32,13 @@ from .yamlio import LocatedData, load_yaml, read_text
 MAX_BLOCK_DEPTH = 16
 _PREVIOUS = object()  # stands for "the previous node's output" while wiring a node
 MAX_NODES = 100_000
+# Block instances in all, counted apart from nodes: an empty block repeated 10^5 x 10^5 x 10^5
+# emits no node, yet would run for ever.
+MAX_INSTANCES = 100_000
+# Values and characters of every block argument and block node after substitution, summed over
+# the whole expansion: a large argument passed to many instances (a 300 kB spec took 75 min).
+# ResNet-200 spends about 10,000, 90,000 nodes `{op: relu}` in nested blocks about 630,000.
+MAX_ARGUMENT_COST = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -205,6 +212,20 @@ def _substitute_node(raw: Any, values: dict, inputs: Inputs) -> Any:
     return {k: v if k == "id" else substitute(v, values, inputs) for k, v in raw.items()}
 
 
+def size_of(value: Any, limit: int) -> int:
+    """Values and string characters in `value` (nested lists and mappings), counted without
+    recursion and only up to just past `limit`."""
+    total, todo = 0, [value]
+    while todo and total <= limit:
+        item = todo.pop()
+        total += 1 + (len(item) if isinstance(item, str) else 0)
+        if isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+    return total
+
+
 @dataclass(frozen=True)
 class _Skipped:
     """A block node whose `when:` condition is false: it adds nothing, and its id names the
@@ -232,6 +253,8 @@ class _Expander:
         self.shapes = EarlyShapes(inputs, self.expanded, self.alias)
         self.reads: dict[str, ShapeRead] = {}  # by the value read: the first read of each
         self.network_inputs = set(inputs)
+        self.instance_count = 0
+        self.cost = 0  # spent of MAX_ARGUMENT_COST
 
     def expand(self, items: list, source: _Source, path: tuple, scope: tuple, names: dict,
                previous: str, via: tuple) -> str:
@@ -357,9 +380,19 @@ class _Expander:
         """Arguments of instance k; top-level args may be arithmetic (`(64 + 6 * 32) // 2`)
         (inside a block they were already substituted with the enclosing block's params)."""
         try:
-            return substitute({**item.args, **(item.first if k == 0 else {})}, {})
+            return self.spent(substitute({**item.args, **(item.first if k == 0 else {})}, {}))
         except GraphCnnError as exc:
             raise exc.at(loc, inst, via) from None
+
+    def spent(self, value: Any) -> Any:
+        """Count `value` against MAX_ARGUMENT_COST (the caller locates the error)."""
+        self.cost += size_of(value, MAX_ARGUMENT_COST - self.cost)
+        if self.cost > MAX_ARGUMENT_COST:
+            raise SpecError("block arguments and fields are too large for this many instances",
+                            expected=f"at most {MAX_ARGUMENT_COST:,} values and characters "
+                                     "substituted in all",
+                            hint="pass a large value to fewer instances")
+        return value
 
     def count(self, item: BlockCall, call_id: str, loc) -> int:
         repeat = substitute(item.repeat, {}) if isinstance(item.repeat, str) else item.repeat
@@ -373,6 +406,10 @@ class _Expander:
 
     def instance(self, block: BlockDef, source: _Source, inst: str, args: dict, inputs: list[str],
                  scope: tuple, via: tuple, item: BlockCall, loc, call_id: str) -> str:
+        self.instance_count += 1
+        if self.instance_count > MAX_INSTANCES:
+            raise SpecError("the spec expands to too many block instances", loc=loc, node=inst,
+                            expected=f"at most {MAX_INSTANCES:,}", via=via)
         unknown = set(args) - set(block.params)
         if unknown:
             raise SpecError(f"block '{item.block}' has no parameter '{sorted(unknown)[0]}'", loc=loc,
@@ -402,7 +439,7 @@ class _Expander:
         located = source.located
         try:
             loc = located.loc(path) if located else None
-            node = _substitute_node(raw, values, self.readers(names, loc, inst, via))
+            node = self.spent(_substitute_node(raw, values, self.readers(names, loc, inst, via)))
             if isinstance(node, dict) and "when" in node:
                 if not _condition(node.pop("when"), raw["when"]):
                     return _Skipped(node.get("id"), str(node.get("op") or "block"))
