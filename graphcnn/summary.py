@@ -162,10 +162,9 @@ def memory_footer(checked: CheckedGraph, mem: Memory) -> list[str]:
     w = mem.weights
     return [f"Total FLOPs at batch {mem.batch} (2 x MACs): {2 * mem.batch * checked.total_macs:,}",
             f"Activations at batch {mem.batch} (fp32), all values: {fmt_bytes(mem.activations)}",
-            f"Peak of an inference pass at batch {mem.batch} (inputs kept, each value freed "
-            f"after its last reader): {fmt_bytes(mem.peak)} at {mem.peak_at}",
-            f"Arena estimate (the same buffers placed best-fit in one block): "
-            f"{fmt_bytes(mem.arena)}",
+            f"Peak of an inference pass at batch {mem.batch} (onnxruntime's CPU plan: inputs, "
+            f"outputs, its block of the values between): {fmt_bytes(mem.peak)}, reached at "
+            f"{mem.peak_at}",
             f"Weights: {fmt_bytes(w['fp32'])} fp32, {fmt_bytes(w['fp16'])} fp16, "
             f"{fmt_bytes(w['int8'])} int8",
             f"Peak with fp32 weights: {fmt_bytes(mem.peak + w['fp32'])}"]

@@ -17,6 +17,13 @@ class Elementwise(Layer):
     """An op applied to each element; subclasses give the ONNX lowering, and the PyTorch
     function of the same meaning (`torch_fn`) or their own `torch`."""
     torch_fn: ClassVar[str | None] = None
+    in_place: ClassVar[bool] = True  # onnxruntime's unary activation kernels may run in place
+    # Whether onnxruntime keeps its channel-blocked layout through this op (fused into the conv
+    # before it, or run by an NCHWc kernel) when the input arrives blocked.
+    nchwc: ClassVar[bool] = False
+
+    def blocked(self, node, inputs, block):
+        return self.nchwc and all(inputs)
 
     def torch(self, node, emit):
         if self.torch_fn is None:
@@ -29,6 +36,7 @@ class Relu(Elementwise):
     """max(x, 0)."""
     torch_fn: ClassVar[str] = "F.relu"
     op: Literal["relu"] = "relu"
+    nchwc: ClassVar[bool] = True
 
     def lower(self, g, xs, shapes, out):
         return g.op("Relu", xs)
@@ -45,6 +53,7 @@ class Relu(Elementwise):
 class LeakyRelu(Elementwise):
     """x if x > 0 else alpha * x."""
     op: Literal["leaky_relu"] = "leaky_relu"
+    nchwc: ClassVar[bool] = True
     alpha: float = Field(0.01, allow_inf_nan=False)
 
     def lower(self, g, xs, shapes, out):
@@ -64,6 +73,7 @@ class Sigmoid(Elementwise):
     """1 / (1 + exp(-x))."""
     torch_fn: ClassVar[str] = "torch.sigmoid"
     op: Literal["sigmoid"] = "sigmoid"
+    nchwc: ClassVar[bool] = True
 
     def lower(self, g, xs, shapes, out):
         return g.op("Sigmoid", xs)
@@ -77,6 +87,7 @@ class Tanh(Elementwise):
     """tanh(x)."""
     torch_fn: ClassVar[str] = "torch.tanh"
     op: Literal["tanh"] = "tanh"
+    nchwc: ClassVar[bool] = True
 
     def lower(self, g, xs, shapes, out):
         return g.op("Tanh", xs)
@@ -91,6 +102,10 @@ class Gelu(Elementwise):
     torch_fn: ClassVar[str] = "F.gelu"
     fp32_ops: ClassVar[frozenset[str]] = frozenset({"Erf"})  # erf saturates early in fp16
     op: Literal["gelu"] = "gelu"
+
+    def workspace(self, node):
+        """x / sqrt(2) and its Erf (onnxruntime's Erf does not run in place)."""
+        return [node.shape, node.shape]
 
     def lower(self, g, xs, shapes, out):
         scaled = g.op("Mul", [xs[0], g.scalar(1 / math.sqrt(2))])
@@ -112,6 +127,8 @@ class Silu(Elementwise):
     """x * sigmoid(x) (swish)."""
     torch_fn: ClassVar[str] = "F.silu"
     op: Literal["silu"] = "silu"
+    in_place: ClassVar[bool] = False  # onnxruntime fuses it into QuickGelu, which writes anew
+    nchwc: ClassVar[bool] = True
 
     def lower(self, g, xs, shapes, out):
         return g.op("Mul", [xs[0], g.op("Sigmoid", xs)])
@@ -127,6 +144,7 @@ class Silu(Elementwise):
 class Softmax(Elementwise):
     """exp(x) / sum(exp(x)) along the channel (feature) axis."""
     op: Literal["softmax"] = "softmax"
+    in_place: ClassVar[bool] = False
     fp32_ops: ClassVar[frozenset[str]] = frozenset({"Softmax"})
     probability_output: ClassVar[bool] = True
 
@@ -146,6 +164,7 @@ class Softmax(Elementwise):
 class Identity(Elementwise):
     """x."""
     op: Literal["identity"] = "identity"
+    nchwc: ClassVar[bool] = True
 
     def lower(self, g, xs, shapes, out):
         return g.op("Identity", xs)
@@ -163,6 +182,10 @@ class RandomMask(Layer):
     1/(1 - rate) (by 1 at rate 1, where nothing is kept); the backward rule multiplies by the
     same mask. Subclasses say how many draws there are and what shape the mask takes."""
     rate: float
+    in_place: ClassVar[bool] = True  # onnxruntime removes the inference Identity
+
+    def blocked(self, node, inputs, block):
+        return all(inputs)
 
     def mask_layout(self, g, xs, shapes) -> tuple[str, str]:
         """(a 0-d int64: the number of draws, the int64 shape the mask is reshaped to)."""
@@ -265,6 +288,7 @@ class Relu6(Elementwise):
     0 < x < 6 (torch's hardtanh backward)."""
     torch_fn: ClassVar[str] = "F.relu6"
     op: Literal["relu6"] = "relu6"
+    nchwc: ClassVar[bool] = True
 
     def lower(self, g, xs, shapes, out):
         return g.op("Clip", [xs[0], g.scalar(0.0), g.scalar(6.0)])
@@ -278,6 +302,7 @@ class Clip(Elementwise):
     """min(max(x, min), max) (torch.clamp): either bound may be left out, not both, and
     min <= max. The gradient flows where min <= x <= max (torch's clamp backward)."""
     op: Literal["clip"] = "clip"
+    nchwc: ClassVar[bool] = True
     min: float | None = Field(None, allow_inf_nan=False)
     max: float | None = Field(None, allow_inf_nan=False, validate_default=True)
 
@@ -309,6 +334,7 @@ class HardSigmoid(Elementwise):
     1/2: max(0, min(1, x/6 + 1/2)). Gradient 1/6 where -3 < x < 3, else 0 (torch's)."""
     torch_fn: ClassVar[str] = "F.hardsigmoid"
     op: Literal["hardsigmoid"] = "hardsigmoid"
+    nchwc: ClassVar[bool] = True
 
     def lower(self, g, xs, shapes, out):
         return g.op("HardSigmoid", xs, alpha=1 / 6, beta=0.5)
@@ -323,6 +349,7 @@ class HardSwish(Elementwise):
     provider has no HardSwish kernel). Gradient (torch's): 0 below -3, x/3 + 1/2 up to 3, 1."""
     torch_fn: ClassVar[str] = "F.hardswish"
     op: Literal["hardswish"] = "hardswish"
+    nchwc: ClassVar[bool] = True
 
     def lower(self, g, xs, shapes, out):
         return g.op("Mul", [xs[0], g.op("HardSigmoid", xs, alpha=1 / 6, beta=0.5)])
@@ -343,6 +370,10 @@ class Mish(Elementwise):
     torch_fn: ClassVar[str] = "F.mish"
     op: Literal["mish"] = "mish"
     fp32_ops: ClassVar[frozenset[str]] = frozenset({"Softplus"})
+
+    def workspace(self, node):
+        """softplus(x), made tanh in place, which x is then multiplied by."""
+        return [node.shape]
 
     def lower(self, g, xs, shapes, out):
         return g.op("Mul", [xs[0], g.op("Tanh", [g.op("Softplus", xs)])])
@@ -395,8 +426,13 @@ class Softplus(Elementwise):
     fp16 kernel gives inf from x = 89."""
     op: Literal["softplus"] = "softplus"
     fp32_ops: ClassVar[frozenset[str]] = frozenset({"Softplus"})
+    in_place: ClassVar[bool] = False  # Where writes anew
     beta: float = Field(1.0, gt=0, allow_inf_nan=False)
     threshold: float = Field(20.0, allow_inf_nan=False)
+
+    def workspace(self, node):
+        """The smooth branch, held while Where picks between it and x."""
+        return [node.shape]
 
     def lower(self, g, xs, shapes, out):
         scaled = self.scaled(g, xs[0])

@@ -72,6 +72,16 @@ class AdaptivePoolBase(Layer):
         extent = tuple(max(e - s for s, e in bins(L, n)) for L, n in zip(lengths, out))
         return Window(extent, tuple(Fraction(L, n) for L, n in zip(lengths, out)))
 
+    def blocked(self, node, inputs, block):
+        """As the global or the strided pool it lowers to: 2D, whole blocks of channels (the
+        global pool from a blocked input only); pooling axis by axis runs plain."""
+        shape, out = node.in_shapes[0], node.shape
+        if len(shape) != 3 or shape[0] % block:
+            return False
+        if set(out[1:]) == {1}:
+            return inputs[0]
+        return all(L % n == 0 for L, n in zip(shape[1:], out[1:]))
+
     def lower(self, g, xs, shapes, out):
         lengths = shapes[0][1:]
         if set(out[1:]) == {1}:

@@ -149,6 +149,17 @@ class Layer(BaseModel):
     # True when the output is a probability distribution over axis 1 (softmax): a loss then
     # takes the log of it instead of applying its own softmax.
     probability_output: ClassVar[bool] = False
+    # How onnxruntime's CPU provider runs the op, for the memory plan of `graphcnn summary
+    # --batch` (summary_memory.py; the hooks workspace, blocked, shape_inputs, kept_bytes too).
+    # in_place: the result may take over the buffer of the first input when that input is read
+    # for the last time here and has the result's size (kernels declared MayInplace or Alias,
+    # ops folded away), else the buffer of one of its workspace temporaries of that size.
+    in_place: ClassVar[bool] = False
+    # A batch norm that onnxruntime folds into the weights of a conv before it.
+    folds_into_conv: ClassVar[bool] = False
+    # A conv into which onnxruntime fuses a two-input add that alone reads its result (through
+    # folded batch norms): the conv writes the sum into the add's other input's buffer.
+    fuses_add: ClassVar[bool] = False
 
     @field_validator("inputs", mode="before")
     @classmethod
@@ -219,6 +230,32 @@ class Layer(BaseModel):
         lowering (`g.kept(kind, node_id)`); asked before any node lowers, so the other node
         sees `g.wants(kind)` (a maxunpool needs its pool's PoolIndices)."""
         return []
+
+    def shape_inputs(self) -> list[int]:
+        """The positions of the inputs of which the lowering uses only the shape (fixed when
+        compiled, so their values are not read: a `like:` target; an unpool's pool, whose
+        indices it reads through needs()). Default: none."""
+        return []
+
+    def kept_bytes(self, node, kind: type) -> int:
+        """Bytes per sample of the value of `kind` that this node keeps (g.keep) for a node
+        that needs() it, as onnxruntime holds it (a max pool's int64 indices). `node` is the
+        checked node. Default: 0."""
+        return 0
+
+    def workspace(self, node) -> list[Shape]:
+        """Shapes (fp32, without the batch) of the temporaries that the lowering, as
+        onnxruntime runs it, holds at once beside the inputs (the most at any of its steps),
+        all freed once the result is written: the steps of an activation built from several
+        ops, interpolation's gathered maps. `node` is the checked node. Default: none."""
+        return []
+
+    def blocked(self, node, inputs: list[bool], block: int) -> bool:
+        """Whether onnxruntime's CPU provider runs this node in its channel-blocked layout
+        (NCHWc: `block` channels to a block, padded), given which inputs arrive blocked; a
+        value passing between a blocked and a plain node is copied into the other layout.
+        Default: plain."""
+        return False
 
     def lower(self, g, xs: list[str], shapes: list[Shape], out: Shape) -> str:
         """The inference lowering."""

@@ -46,6 +46,7 @@ class Scale(Layer):
     """
     op: Literal["scale"] = "scale"
     draw_family: ClassVar[str] = "norm"
+    in_place: ClassVar[bool] = True
     init: float = Field(1.0, allow_inf_nan=False)
 
     def params(self, shapes: list[Shape]) -> dict[str, Param]:

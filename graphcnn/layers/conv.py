@@ -59,6 +59,28 @@ class ConvBase(Layer):
         k, s, d = self.geometry()
         return resolve_pads(self.padding, shape[1:], k, s, d)
 
+    fuses_add: ClassVar[bool] = True
+
+    def blocked(self, node, inputs, block):
+        """onnxruntime's NCHWc rule for 2D convs: output channels padded to a block; input
+        channels whole blocks (fewer than a block: read in NCHW), per group when grouped
+        (depthwise: one input channel per output channel)."""
+        c_in, c_out, groups = node.in_shapes[0][0], self.channels, self.groups
+        if self.dims != 2:
+            return False
+        if groups == 1:
+            return c_in < block or c_in % block == 0
+        depthwise = c_in == groups == c_out
+        return c_out % block == 0 and (depthwise or (
+            (c_in // groups) % block == 0 and (c_out // groups) % block == 0))
+
+    def workspace(self, node):
+        """The padded input, when the padding is not zeros (a Pad before the Conv)."""
+        if self.fill == "zeros":
+            return []
+        shape = node.in_shapes[0]
+        return [(shape[0], *(n + a + b for n, (a, b) in zip(shape[1:], self.pads(shape))))]
+
     def check_channels(self, c_in: int) -> None:
         if self.channels < 1 or self.groups < 1:
             raise ShapeError("channels and groups must be positive",

@@ -78,6 +78,7 @@ class Flatten(Layer):
     """[N, C, ...] -> [N, C * ...]."""
     op: Literal["flatten"] = "flatten"
     draw_family: ClassVar[str] = "dense"
+    in_place: ClassVar[bool] = True  # a view of its input
 
     def infer(self, shapes: list[Shape]) -> Shape:
         return (product(shapes[0]),)

@@ -127,6 +127,11 @@ class LayerNorm(SampleNorm):
     def on_last(self, shape: Shape) -> bool:
         return self.axis == "last" or len(shape) == 1
 
+    def workspace(self, node):
+        """Over the channels: the normalised map in channels-last order, held while it is
+        transposed back."""
+        return [] if self.on_last(node.in_shapes[0]) else [node.shape]
+
     def stat_axes(self, shape: Shape) -> list[int]:
         return [len(shape)] if self.on_last(shape) else [1]
 

@@ -59,6 +59,14 @@ class Add(Merge):
     skip_kind: ClassVar[str] = "residual"
     fp32_ops: ClassVar[frozenset[str]] = frozenset({"BatchNormalization"})  # project: conv_bn
     project: Literal[False, True, "conv", "conv_bn"] = False
+    in_place: ClassVar[bool] = True
+
+    def blocked(self, node, inputs, block):
+        return all(inputs)
+
+    def workspace(self, node):
+        """The projected skip."""
+        return [node.shape] if self.projection else []
 
     @property
     def projection(self) -> str | None:
@@ -188,6 +196,10 @@ class Concat(Merge):
     op: Literal["concat"] = "concat"
     skip_kind: ClassVar[str] = "concat"
 
+    def blocked(self, node, inputs, block):
+        """onnxruntime concatenates blocked inputs of whole blocks of channels as they are."""
+        return all(inputs) and all(shape[0] % block == 0 for shape in node.in_shapes)
+
     def infer(self, shapes: list[Shape]) -> Shape:
         first = shapes[0]
         for shape in shapes[1:]:
@@ -222,6 +234,11 @@ class Mul(Merge):
     op: Literal["mul"] = "mul"
     skip_kind: ClassVar[str] = "gate"
     arity: ClassVar[tuple[int, int | None]] = (2, 2)
+    in_place: ClassVar[bool] = True  # onnxruntime's Mul writes over its first input
+
+    def blocked(self, node, inputs, block):
+        """Blocked inputs of one shape only: a broadcast gate (squeeze-excitation) runs plain."""
+        return all(inputs) and len(set(node.in_shapes)) == 1
 
     def infer(self, shapes: list[Shape]) -> Shape:
         a, b = (aligned(s, max(shapes, key=len)) for s in shapes)
@@ -293,6 +310,11 @@ class Highway(Merge):
     gate_kernel: int = Field(1, ge=1)
     # Srivastava et al. start the transform gate mostly closed
     gate_bias: float = Field(-1.0, allow_inf_nan=False)
+    in_place: ClassVar[bool] = True
+
+    def workspace(self, node):
+        """The gates T(x) and C(x) (1 - T, or a second gate), held while the sum is formed."""
+        return [node.shape, node.shape]
 
     def gates(self) -> list[str]:
         return ["transform", "carry"] if self.carry == "learned" else ["transform"]

@@ -21,6 +21,8 @@ class BatchNormBase(Layer):
     ranks: ClassVar[tuple[int, ...]]
     fp32_ops: ClassVar[frozenset[str]] = frozenset({"BatchNormalization"})
     draw_family: ClassVar[str] = "norm"
+    in_place: ClassVar[bool] = True  # folded into the conv before it, else run in place
+    folds_into_conv: ClassVar[bool] = True
     eps: float = Field(1e-5, gt=0, allow_inf_nan=False)  # 1/sqrt(var + eps); var is 0 on a flat map
     momentum: float = Field(0.1, ge=0, le=1)  # new = (1 - momentum) * old + momentum * batch
 
@@ -166,6 +168,10 @@ class BatchNorm2d(BatchNormBase):
     """Batch normalization over [N, C, H, W]."""
     op: Literal["batchnorm2d"] = "batchnorm2d"
     ranks: ClassVar[tuple[int, ...]] = (3,)
+
+    def blocked(self, node, inputs, block):
+        """Folded into a blocked conv, or run as a blocked depthwise conv."""
+        return all(inputs)
 
 
 @register

@@ -15,7 +15,7 @@ from typing import ClassVar, Literal, Union
 import numpy as np
 
 from ..errors import CompileError, ShapeError
-from .base import GLOBAL, Layer, Shape, Window, need_rank, register
+from .base import GLOBAL, Layer, Shape, Window, need_rank, product, register
 from .spatial import (even_pads, onnx_pads, per_axis, resolve_pads, torch_pads, window_output,
                       window_transpose)
 
@@ -35,6 +35,10 @@ class PoolBase(Layer):
         k = per_axis(self.kernel, self.dims, "kernel")
         s = per_axis(self.stride, self.dims, "stride") if self.stride is not None else k
         return k, s, (1,) * self.dims
+
+    def blocked(self, node, inputs, block):
+        """onnxruntime pools 2D maps of whole blocks of channels in the blocked layout."""
+        return self.dims == 2 and node.in_shapes[0][0] % block == 0
 
     def pads(self, shape: Shape):
         k, s, d = self.geometry()
@@ -132,6 +136,10 @@ class MaxPoolBase(PoolBase):
     def lower_train(self, g, xs, shapes, out):
         g.want(g.node_id, PoolIndices)
         return self.lower(g, xs, shapes, out)
+
+    def kept_bytes(self, node, kind):
+        """The Indices: one int64 per output element."""
+        return 8 * product(node.shape)
 
     def torch(self, node, emit):
         """F.max_poolNd (with its indices when a maxunpool reads them); padding it cannot
@@ -317,6 +325,11 @@ class GlobalPoolBase(Layer):
 
     def window(self, shapes):
         return GLOBAL
+
+    def blocked(self, node, inputs, block):
+        """onnxruntime pools a blocked 2D map of whole blocks of channels as it is."""
+        shape = node.in_shapes[0]
+        return inputs[0] and len(shape) == 3 and shape[0] % block == 0
 
     def lower(self, g, xs, shapes, out):
         y = g.op(self.onnx_op, [xs[0]])

@@ -63,6 +63,11 @@ class Upsample(Layer):
         x = shapes[0]
         return (x[0], *(L * s for L, s in zip(x[1:], self.factors(x))))
 
+    def blocked(self, node, inputs, block):
+        """onnxruntime upsamples a blocked 2D map by whole factors in its blocked layout
+        (nearest only)."""
+        return self.mode == "nearest" and inputs[0] and len(node.shape) == 3
+
     def macs(self, shapes, out) -> int:
         """Linear: one multiply per corner of the interpolation cell."""
         return product(out) * 2 ** (len(out) - 1) if self.mode == "linear" else 0
@@ -154,6 +159,9 @@ class MaxUnpool(Layer):
 
     def wiring(self, previous: str | None) -> list[str]:
         return super().wiring(previous) + [self.pool]
+
+    def shape_inputs(self) -> list[int]:
+        return [1]  # the pool's output is not read, its indices are (needs)
 
     def infer_with(self, shapes: list[Shape], sources: list) -> Shape:
         source = sources[1]
@@ -265,6 +273,9 @@ class Crop(Layer):
 
     def wiring(self, previous: str | None) -> list[str]:
         return super().wiring(previous) + ([self.like] if self.like else [])
+
+    def shape_inputs(self) -> list[int]:
+        return [1]  # `like`
 
     def target(self, shapes: list[Shape]) -> tuple[int, ...]:
         x = shapes[0]

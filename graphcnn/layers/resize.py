@@ -85,6 +85,21 @@ class Resize(Layer):
     def wiring(self, previous: str | None) -> list[str]:
         return super().wiring(previous) + ([self.like] if self.like else [])
 
+    def shape_inputs(self) -> list[int]:
+        return [1]  # `like`
+
+    @property
+    def in_place(self) -> bool:
+        return self.mode == "linear"  # the last Add, over one of its two temporaries
+
+    def workspace(self, node):
+        """Linear: the two weighted gathers summed into the result (held as the last axis
+        is interpolated); nearest: the map gathered along all but the last axis."""
+        if self.mode == "linear":
+            return [node.shape, node.shape]
+        shape, out = node.in_shapes[0], node.shape
+        return [(*out[:k + 1], *shape[k + 1:]) for k in range(1, len(out) - 1)]
+
     def factors(self, rank: int) -> tuple[float, ...]:
         if not isinstance(self.scale, list):
             return (self.scale,) * rank

@@ -23,6 +23,7 @@ class Reshape(Layer):
     input's size on that axis, one -1 takes what is left."""
     op: Literal["reshape"] = "reshape"
     draw_family: ClassVar[str] = "dense"
+    in_place: ClassVar[bool] = True  # a view of its input
     shape: list[int]
 
     def infer(self, shapes: list[Shape]) -> Shape:
