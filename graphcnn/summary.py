@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from html import escape
 
-from .graph import CheckedGraph, NodeInfo
 from .layers import fmt_shape
 from .summary_memory import Memory, memory
+
+# CheckedGraph and NodeInfo (graphcnn.graph) name types in annotations only and are not
+# imported, not even under TYPE_CHECKING (import_cycles.py counts every import statement):
+# graph/checked.py imports graphcnn.notebook, which imports this module.
 
 
 @dataclass(frozen=True)

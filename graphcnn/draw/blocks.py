@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import re
 
-from ..graph import CheckedGraph
 from ..spec.expand import load_imports
+
+# CheckedGraph (graphcnn.graph) names a type in annotations only and is not imported, not
+# even under TYPE_CHECKING (import_cycles.py counts every import statement):
+# graph/checked.py imports graphcnn.notebook, which imports this module.
 
 
 def scope_labels(checked: CheckedGraph) -> dict[str, str]:

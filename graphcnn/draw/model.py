@@ -7,8 +7,11 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import GraphCnnError
-from ..graph import CheckedGraph, NodeInfo
 from .blocks import scope_labels
+
+# CheckedGraph and NodeInfo (graphcnn.graph) name types in annotations only and are not
+# imported, not even under TYPE_CHECKING (import_cycles.py counts every import statement):
+# graph/checked.py imports graphcnn.notebook, which imports this module.
 
 
 @dataclass

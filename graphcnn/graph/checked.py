@@ -103,19 +103,15 @@ class CheckedGraph:
     def summary(self, depth: int | None = None, batch: int | None = None, by_op: bool = False):
         """The summary as an object: str() is the table, to_dict() the JSON (graphcnn summary
         --json), Jupyter shows an HTML table; `batch` adds memory, `by_op` totals per op."""
-        return _notebook().summary(self, depth, batch, by_op)
+        from ..notebook import summary
+
+        return summary(self, depth, batch, by_op)
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         """Jupyter's view: the drawing (SVG), or the summary table where Graphviz is missing."""
-        return _notebook().mimebundle(self)
+        from ..notebook import mimebundle
 
-
-def _notebook():
-    """graphcnn.notebook, looked up by name: it sits above graph/ (it uses summary and draw,
-    which import this module), and a written import would close an import circle."""
-    import importlib
-
-    return importlib.import_module("graphcnn.notebook")
+        return mimebundle(self)
 
 
 def receptive_field(window, inputs: list[ReceptiveField]) -> ReceptiveField:
