@@ -101,7 +101,8 @@ def training_job(source: str | Path | NetworkSpec, output: str | Path, *,
                  batch: int | None = None, optimizer: str | None = None, lr: float | None = None,
                  momentum: float | None = None, weight_decay: float | None = None,
                  seed: int | None = None, overrides: list[str] | None = None,
-                 workers: int | None = None, head_classes: int | None = None, **options):
+                 workers: int | None = None, head_classes: int | None = None,
+                 resume: str | Path | None = None, **options):
     """A checked training job (graphcnn.train.job.TrainingJob), as `graphcnn train` builds it:
     the spec (with its `--set` `overrides`), its recipe (the `training:` section, with each
     option that is not None laid over it), the data ('mnist1d', an .npz with x, y and
@@ -116,8 +117,10 @@ def training_job(source: str | Path | NetworkSpec, output: str | Path, *,
     div_factor, final_div_factor; likewise), label_smoothing, clip_norm, no_decay_norm_bias,
     freeze (ids, block instances or patterns: a list, or one comma-separated string), loss,
     betas, eps, ignore_index. `workers`: the image loader's threads (default: up to 4);
-    `head_classes`: give the last linear or conv this many outputs (--head-classes). An
-    unknown option is a TypeError, as for any keyword argument."""
+    `head_classes`: give the last linear or conv this many outputs (--head-classes);
+    `resume`: a checkpoint to continue, whose stored recipe replaces the spec's (the options
+    given still override it), checked against the spec's step here. An unknown option is a
+    TypeError, as for any keyword argument."""
     from .spec.training import TrainingSection
     from .train.job import head_override, prepare
 
@@ -133,8 +136,8 @@ def training_job(source: str | Path | NetworkSpec, output: str | Path, *,
     spec_path = None if isinstance(source, NetworkSpec) else source
     return prepare(spec, checked, output, data=data, spec_path=spec_path,
                    label=spec.name if spec_path is None else str(source), workers=workers,
-                   epochs=epochs, batch=batch, optimizer=optimizer, lr=lr, momentum=momentum,
-                   weight_decay=weight_decay, seed=seed, **options)
+                   resume=resume, epochs=epochs, batch=batch, optimizer=optimizer, lr=lr,
+                   momentum=momentum, weight_decay=weight_decay, seed=seed, **options)
 
 
 def train_spec(source: str | Path | NetworkSpec, output: str | Path, *,
@@ -158,7 +161,7 @@ def train_spec(source: str | Path | NetworkSpec, output: str | Path, *,
     modules rebinds that name on the graphcnn package."""
     from .train.job import fit, init_weights, save_trained
 
-    job = training_job(source, output, data=data, **recipe)
+    job = training_job(source, output, data=data, resume=resume, **recipe)
     start = None
     if init is not None:
         start, report = init_weights(job, init, weights_map=weights_map,
@@ -166,7 +169,6 @@ def train_spec(source: str | Path | NetworkSpec, output: str | Path, *,
         for line in report:
             if progress is not None:
                 progress.on_note(line)
-    result = fit(job, resume=resume, provider=provider, threads=threads, progress=progress,
-                 init=start)
+    result = fit(job, provider=provider, threads=threads, progress=progress, init=start)
     save_trained(job, result)
     return result

@@ -108,7 +108,7 @@ def test_resume_rewrites_its_own_checkpoint(work, capsys):
     code, err = run_main(capsys, "train", "s.yaml", "--data", "d.npz", "-o", "t.onnx",
                          "--epochs", "2", "--resume", "t.ckpt.npz")
     assert code == 0, err
-    meta = str(np.load(work / "t.ckpt.npz")["meta"])
+    meta = np.load(work / "t.ckpt.npz")["meta"].tobytes().decode()  # JSON as uint8
     assert '"epoch": 2' in meta
 
 

@@ -219,7 +219,8 @@ def test_cli_resume_matches_a_straight_run(data_file, tmp_path):
     base = [str(spec), "--data", str(data_file)]
     assert main(["train", *base, "-o", str(tmp_path / "straight.onnx")]) == 0
     assert main(["train", *base, "-o", str(tmp_path / "part.onnx"), "--epochs", "2"]) == 0
-    assert main(["train", *base, "-o", str(tmp_path / "part.onnx"),
+    # the checkpoint's recipe (2 epochs) is resumed; --epochs overrides it
+    assert main(["train", *base, "-o", str(tmp_path / "part.onnx"), "--epochs", "3",
                  "--resume", str(tmp_path / "part.ckpt.npz")]) == 0
     names = list(np.load(tmp_path / "straight.ckpt.npz").files)
     names = [n.split("/", 1)[1] for n in names if n.startswith("carried/")]

@@ -39,11 +39,15 @@ class Want:
     """What one array must be. `shape`: None for any, else one item per axis: an int is that
     axis's size, anything else (a name such as "N", or None) lets it be any size. `dtype`: what
     the values become ("float32", "int64", "uint8", ...), or None to keep the stored dtype
-    (complex is refused either way). `required`: whether a missing array is an error."""
+    (complex is refused either way). `required`: whether a missing array is an error.
+    `exact`: the stored dtype must already be `dtype`, refused from the header otherwise (a
+    file graphcnn wrote itself, such as a training checkpoint: another dtype means another
+    writer, not data to convert)."""
 
     shape: tuple | None = None
     dtype: str | None = "float32"
     required: bool = True
+    exact: bool = False
 
 
 # The .npz of `--data` and of the mnist1d cache: x and y, optionally x_test and y_test; labels
@@ -167,6 +171,8 @@ def _check(entry: Entry, want: Want, where: str) -> None:
                             expected="[" + ", ".join(map(str, want.shape)) + "]")
     if entry.dtype.startswith("complex"):
         raise _complex(where, entry.dtype)
+    if want.exact and entry.dtype != want.dtype:
+        raise DataError(f"{where} is {entry.dtype}", expected=want.dtype, received=entry.dtype)
 
 
 def _complex(where: str, dtype: str) -> DataError:

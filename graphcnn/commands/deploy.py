@@ -53,8 +53,8 @@ def _batches(text: str) -> list[int]:
     except ValueError:
         values = []
     if not values or min(values) < 1 or max(values) > MAX_BATCH:
-        raise RunError("--batches takes whole numbers from 1 to "
-                       f"{MAX_BATCH:,} separated by commas", received=text)
+        raise RunError(f"--batches takes positive integers up to {MAX_BATCH:,} separated by "
+                       "commas", received=text)
     return values
 
 

@@ -4,6 +4,8 @@ The work is graphcnn.train.job's; this command parses the flags, shows the progr
 prints the outcome."""
 from __future__ import annotations
 
+import shlex
+
 from ..api import check_spec, load_spec
 from ..fileio import UpdatedPath
 from .args import (MAX_BATCH, MAX_EPOCHS, MAX_SEED, non_negative_int, positive_int,
@@ -23,14 +25,13 @@ def cmd_train(args) -> int:
         init, report = init_weights(job, args.weights, **weights_options(args))
         for line in report:
             out(line)
+    display = progress_display(job.recipe)
     try:
-        with progress_display(job.recipe) as progress:
-            result = fit(job, resume=args.resume, provider=args.provider, progress=progress,
-                         init=init)
+        with display as progress:
+            result = fit(job, provider=args.provider, progress=progress, init=init)
     except KeyboardInterrupt:
-        if job.checkpoint.exists():  # the epochs finished so far are not lost
-            out(f"stopped; continue with: graphcnn train {args.spec} -o {job.output} "
-                f"--resume {job.checkpoint}")
+        if args.resume or display.finished:  # this run's checkpoint, not a stale one
+            out("stopped; continue with: " + continue_command(args, job))
         raise
     notes: list[str] = []
     written = save_trained(job, result, notes)
@@ -44,6 +45,22 @@ def cmd_train(args) -> int:
     return 0
 
 
+def continue_command(args, job) -> str:
+    """The command that resumes this run: the same spec (its --set and --head-classes), the
+    checkpoint (which holds the recipe, flags and data included) and the runtime flags."""
+    words = ["graphcnn", "train", str(args.spec)]
+    for override in getattr(args.spec, "overrides", ()):
+        words += ["--set", override]
+    if args.head_classes is not None:
+        words += ["--head-classes", str(args.head_classes)]
+    words += ["-o", str(job.output), "--resume", str(job.checkpoint)]
+    if args.provider != "cpu":
+        words += ["--provider", args.provider]
+    if args.workers is not None:
+        words += ["--workers", str(args.workers)]
+    return shlex.join(words)
+
+
 def training_job(args):
     """The checked job: the spec (with its --set overrides) and every recipe flag given."""
     from ..train.job import head_override, prepare
@@ -53,8 +70,8 @@ def training_job(args):
         head = head_override(check_spec(spec), args.head_classes)
         spec = load_spec(args.spec, [*getattr(args.spec, "overrides", ()), head])
     return prepare(spec, check_spec(spec), args.output, data=args.data, spec_path=args.spec,
-                   label=str(args.spec), workers=args.workers, epochs=args.epochs,
-                   batch=args.batch, optimizer=args.optimizer, lr=args.lr,
+                   label=str(args.spec), workers=args.workers, resume=args.resume,
+                   epochs=args.epochs, batch=args.batch, optimizer=args.optimizer, lr=args.lr,
                    momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
                    val=args.val, max_bad=args.max_bad, keep=args.keep, patience=args.patience,
                    label_smoothing=args.label_smoothing, clip_norm=args.clip_norm,
@@ -151,6 +168,7 @@ class progress_display:
                                    TimeElapsedColumn)
 
         self.recipe = recipe
+        self.finished = 0  # epochs this run finished (and checkpointed)
         self.bar = Bar(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
                        BarColumn(), MofNCompleteColumn(),
                        TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.1%} "
@@ -180,6 +198,7 @@ class progress_display:
                         acc=info["accuracy"], rate=info["samples_per_s"], waited=info["waited"])
 
     def epoch(self, record: dict) -> None:
+        self.finished += 1
         every = max(1, self.recipe.epochs // 20)  # about 20 lines for a long run
         if record["epoch"] % every and record["epoch"] != self.recipe.epochs:
             return

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import RunError
 from ..runtime import random_inputs, session
+from ..runtime.failures import quiet_run, run_failure
 
 
 @dataclass
@@ -40,21 +41,30 @@ def bench(models: list, batches: list[int], *, provider: str = "cpu", threads: i
     sessions = [session(m, provider, threads, spinning=spinning) for m in models]
     results = [[Timing(b) for b in batches] for _ in sessions]
     diffs = {}
+    quiet = quiet_run()  # made once: not part of any timed run
     for bi, batch in enumerate(batches):
         feeds = [_feeds_for(s, batch, seed) for s in sessions]
-        outs = [s.run(None, f) for s, f in zip(sessions, feeds)]
+        outs = [_run(s, f, quiet) for s, f in zip(sessions, feeds)]
         for _ in range(warmup):
             for s, f in zip(sessions, feeds):
-                s.run(None, f)
+                _run(s, f, quiet)
         for _ in range(repeat):
             for si, (s, f) in enumerate(zip(sessions, feeds)):
                 start = time.perf_counter()
-                s.run(None, f)
+                _run(s, f, quiet)
                 results[si][bi].seconds.append(time.perf_counter() - start)
         if len(outs) > 1:
             diffs[batch] = max(float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
                                for a, b in zip(outs[0], outs[1]) if a.shape == b.shape)
     return {"results": results, "max_abs_diff": diffs}
+
+
+def _run(sess, feeds: dict, options) -> list:
+    """One run; a failure inside onnxruntime is a RunError naming the node (run_failure)."""
+    try:
+        return sess.run(None, feeds, options)
+    except Exception as exc:  # onnxruntime's own exception types
+        raise run_failure(sess, exc) from None
 
 
 def _feeds_for(sess, batch: int, seed: int) -> dict:

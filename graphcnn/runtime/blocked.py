@@ -53,7 +53,8 @@ def blocked_convs(model: onnx.ModelProto) -> onnx.ModelProto:
             nodes.append(node)
             continue
         rewritten += 1
-        new_nodes, new_constants = splice(node, plan, f"{BLOCKED_DOMAIN}/{rewritten}/")
+        # under the conv's own name: a failure there still names its spec node (run_failure)
+        new_nodes, new_constants = splice(node, plan, f"{node.name}/nchwc{rewritten}/")
         nodes.extend(new_nodes)
         extra.extend(new_constants)
     if not rewritten:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import RunError
+from .failures import run_session
 
 # Elements of one random input (float64 while drawn): a --batch of 10**12 is refused here, before
 # numpy allocates; the same bound as a layer output's per sample (graph/limits.py).
@@ -45,7 +46,7 @@ def dynamic_sizes(sess) -> dict[str, int]:
 def run(sess, feeds: dict[str, np.ndarray]) -> RunResult:
     check_feeds(sess, feeds)
     start = time.perf_counter()
-    values = sess.run(None, feeds)
+    values = run_session(sess, feeds)
     seconds = time.perf_counter() - start
     return RunResult({o.name: v for o, v in zip(sess.get_outputs(), values)}, seconds)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import RunError
+from .failures import load_failure
 
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                     "tensorrt": "TensorrtExecutionProvider", "dml": "DmlExecutionProvider",
@@ -64,7 +65,7 @@ def session(model, provider: str = "cpu", threads: int | None = None,
         return ort.InferenceSession(_serialized(model), session_options(threads, spinning),
                                     providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types for bad models
-        raise RunError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
+        raise load_failure(model, exc) from None
 
 
 def session_options(threads: int | None = None, spinning: Spinning = "always"):

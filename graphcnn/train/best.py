@@ -50,13 +50,14 @@ class BestKeeper:
         self.path = best_path(checkpoint) if checkpoint is not None and self.active else None
         self.values: dict[str, np.ndarray] | None = None
 
-    def resume(self, history: list[dict], names: list[str]) -> None:
-        """After a resume: the best epoch's tensors, from the file the first run wrote."""
+    def resume(self, history: list[dict], shapes: dict[str, tuple[int, ...]]) -> None:
+        """After a resume: the best epoch's tensors (`shapes`: the step's carried tensors),
+        from the file the first run wrote."""
         if self.active and best_epoch(history, self.loss) is not None:
             if self.path is None or not self.path.exists():
                 raise RunError("--keep best: the best epoch's tensors are not beside the "
                                "checkpoint", expected=str(self.path))
-            self.values = load_checkpoint(self.path, names).values
+            self.values = load_checkpoint(self.path, shapes, what="--keep best").values
 
     def update(self, history: list[dict], values: dict[str, np.ndarray], ckpt: Checkpoint) -> None:
         if self.active and best_epoch(history, self.loss) == history[-1]["epoch"]:

@@ -10,6 +10,7 @@ from typing import Iterable
 import numpy as np
 
 from ..runtime import session
+from ..runtime.failures import run_session
 from ..spec.training import ignored_label
 from .trained_model import evaluation_model, prediction_loss, weight_names
 
@@ -49,7 +50,7 @@ class Evaluator:
         totals = np.zeros(4)  # summed loss, correct targets, counted targets, top-5 hits
         confusion = np.zeros((self.classes,) * 2, np.int64) if self.classes else None
         for x, y in chunks:
-            out = self.sess.run(None, {name: x, **weights})[0]
+            out = run_session(self.sess, {name: x, **weights})[0]
             totals[:3] += prediction_loss(out, y, self.loss, self.probabilities, self.ignore)
             if confusion is not None:
                 out, y = (out, y) if self.ignore is None else (out[y != self.ignore], y[y != self.ignore])

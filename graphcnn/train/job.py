@@ -18,10 +18,10 @@ from ..graph import CheckedGraph
 from ..lower.save import save_model
 from ..spec import NetworkSpec
 from .best import best_path
-from .checkpoint import checkpoint_path
+from .checkpoint import Checkpoint, checkpoint_path, load_checkpoint, stored_recipe
 from .data import Dataset, load_data
 from .imagedata import image_data, is_image_data
-from .loop import Progress, TrainResult, build_step, train
+from .loop import Progress, TrainResult, build_step, carried_shapes, train
 from .metrics import confusion_paths, metrics_paths, write_confusion, write_metrics
 from .recipe import Recipe, recipe_of
 from .trained_model import weight_names
@@ -37,6 +37,8 @@ class TrainingJob:
     data: Dataset
     output: Path
     label: str
+    step: object | None = None  # the training step, built early when resuming
+    resume: Checkpoint | None = None  # the checkpoint to continue, checked against the step
 
     @property
     def checkpoint(self) -> Path:
@@ -45,16 +47,36 @@ class TrainingJob:
 
 def prepare(spec: NetworkSpec, checked: CheckedGraph, output: str | Path, *,
             data: str | Path | None = None, spec_path: str | Path | None = None,
-            label: str = "", workers: int | None = None, **overrides) -> TrainingJob:
+            label: str = "", workers: int | None = None, resume: str | Path | None = None,
+            **overrides) -> TrainingJob:
     """The job of training `checked` into `output`. `data` ('mnist1d', an .npz, a folder of
     class folders or a CSV) and the recipe `overrides` (any `training:` key, e.g. epochs,
     batch, lr, val, augment; None keeps the spec's value) replace the spec's `training:` keys;
     a relative data path that is not found from the working folder is read beside
-    `spec_path`. `workers`: the image loader's threads (default: up to 4)."""
-    recipe = training_recipe(spec, data=None if data is None else str(data), **overrides)
+    `spec_path`. `workers`: the image loader's threads (default: up to 4). `resume`: a
+    checkpoint to continue: the recipe it stored takes the place of the spec's (flags still
+    override it), and its tensors are checked against this spec's step before the data."""
+    one_input(checked)
+    base = recipe_of(spec) if resume is None else Recipe(**stored_recipe(resume))
+    recipe = base.override(data=None if data is None else str(data), **overrides)
     output = output_path(output)
+    step, start = resumed(checked, recipe, resume) if resume is not None else (None, None)
     dataset = open_data(data_source(recipe.data, spec_path), checked, recipe, workers)
-    return TrainingJob(spec, checked, recipe, dataset, output, label)
+    return TrainingJob(spec, checked, recipe, dataset, output, label, step, start)
+
+
+def one_input(checked: CheckedGraph) -> None:
+    """The training data feeds one input (x of an .npz, the images of a folder)."""
+    if len(checked.inputs) != 1:
+        raise SpecError("graphcnn train needs a spec with one input; this one has "
+                        + ", ".join(checked.inputs))
+
+
+def resumed(checked: CheckedGraph, recipe: Recipe, path: str | Path):
+    """(the step, the checkpoint at `path` checked against it): names, shapes and dtypes
+    from the headers, the metadata against its schema, before any data is read."""
+    step = build_step(checked, recipe)
+    return step, load_checkpoint(path, carried_shapes(step))
 
 
 def open_data(source: str | Path, checked: CheckedGraph, recipe: Recipe, workers: int | None):
@@ -104,16 +126,15 @@ def fit(job: TrainingJob, *, resume: str | Path | None = None, provider: str = "
         threads: int | None = None, progress: Progress | None = None,
         init: dict | None = None) -> TrainResult:
     """Train for the recipe's epochs, writing the checkpoint beside the output every epoch;
-    `resume` continues from a checkpoint; `init` (parameters by spec id, init_weights) starts
-    from pretrained weights."""
+    `resume` continues from a checkpoint (default: the one `prepare` read and checked);
+    `init` (parameters by spec id, init_weights) starts from pretrained weights."""
+    resume = job.resume if resume is None else resume
     if resume is not None and init is not None:
-        from ..errors import DataError
-
         raise DataError("--resume continues a run and --init starts one: give one of them")
     try:
         return train(job.checked, job.recipe, job.data, checkpoint=job.checkpoint,
                      resume=resume, provider=provider, threads=threads, progress=progress,
-                     init=init)
+                     init=init, step=job.step)
     finally:
         job.data.close()  # the image loader's threads
 

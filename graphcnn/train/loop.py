@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import RunError
 from ..runtime import session
+from ..runtime.failures import quiet_run, run_failure
 from .best import BestKeeper
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import Batch, Dataset, steps_per_epoch
@@ -53,6 +54,7 @@ class StepRunner:
         self.ort, self.step = ort, step
         self.names = list(step.params) + list(step.state)
         self.sess = session(step.model, provider, threads, spinning="during-run", nchwc=True)
+        self.quiet = quiet_run()
         self.device = "cuda" if self.sess.get_providers()[0].startswith("CUDA") else "cpu"
         self.current = {n: self._upload(values[n]) for n in self.names}
         self.spare = {n: self._upload(np.empty_like(values[n])) for n in self.names}
@@ -78,7 +80,10 @@ class StepRunner:
             io.bind_ortvalue_output(f"{name}.new", self.spare[name])
         for name, value in self.metrics.items():
             io.bind_ortvalue_output(name, value)
-        self.sess.run_with_iobinding(io)
+        try:
+            self.sess.run_with_iobinding(io, self.quiet)
+        except Exception as exc:  # onnxruntime's: named by its ONNX node and spec node
+            raise run_failure(self.sess, exc) from None
         self.current, self.spare = self.spare, self.current
         correct = self.metrics.get("correct")  # none for regression losses
         counted = self.metrics.get("counted")  # none when the targets are the real rows
@@ -111,20 +116,21 @@ class TrainResult:
 
 
 def train(checked, recipe: Recipe, data: Dataset, *, checkpoint: str | Path | None = None,
-          resume: str | Path | None = None, provider: str = "cpu", threads: int | None = None,
-          progress: Progress | None = None, step=None, init=None) -> TrainResult:
+          resume: str | Path | Checkpoint | None = None, provider: str = "cpu",
+          threads: int | None = None, progress: Progress | None = None, step=None,
+          init=None) -> TrainResult:
     """Train for recipe.epochs epochs (counting those a resumed checkpoint already did), or
     until `patience` epochs bring no better held-out score. `data`: a Dataset, or anything with
-    its methods (train/imagedata.ImageData). `init`: parameters by spec id to start from (a
+    its methods (train/imagedata.ImageData). `resume`: a checkpoint's path, or the checkpoint
+    read (train.job reads it before the data). `init`: parameters by spec id to start from (a
     pretrained checkpoint) instead of the initialisation; parameters it lacks (a new head)
     keep their initial values."""
     progress = progress or Progress()
     step = step or build_step(checked, recipe)
-    names = list(step.params) + list(step.state)
     keeper = BestKeeper(recipe, checkpoint, data.has_held_out)
     rng = np.random.default_rng(recipe.seed)
     ckpt = starting_point(checked, step, recipe, rng, resume, init)
-    keeper.resume(ckpt.history, names)
+    keeper.resume(ckpt.history, carried_shapes(step))
     runner = StepRunner(step, ckpt.values, provider, threads)
     evaluate = Evaluator(checked, recipe.loss, provider, ignore_index=recipe.ignore_index)
     history, step_no, values, scores = list(ckpt.history), ckpt.step, ckpt.values, None
@@ -158,14 +164,20 @@ def starting_point(checked, step, recipe: Recipe, rng, resume, init) -> Checkpoi
     tensors (with `init`'s parameters laid over them)."""
     from .step import initial_state
 
-    names = list(step.params) + list(step.state)
     if resume is not None:
-        ckpt = load_checkpoint(resume, names)
+        ckpt = resume if isinstance(resume, Checkpoint) else \
+            load_checkpoint(resume, carried_shapes(step))
         rng.bit_generator.state = ckpt.rng_state
         return ckpt
     start = initial_state(checked, step, recipe.seed)
     start.update({name: value for name, value in (init or {}).items() if name in start})
     return Checkpoint(start, 0, 0, rng.bit_generator.state)
+
+
+def carried_shapes(step) -> dict[str, tuple[int, ...]]:
+    """What a checkpoint of this step holds: every carried tensor's name and shape."""
+    shapes = step.shapes()
+    return {name: shapes[name] for name in step.carried}
 
 
 def tell(progress: Progress, data) -> None:
