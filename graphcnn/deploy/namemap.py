@@ -217,30 +217,25 @@ def _split_groups(body: str) -> list[tuple[str, str]] | None:
 
 
 def _group_end(body: str, start: int) -> int | None:
-    depth, i, in_class = 0, start, False
-    while i < len(body):
-        c = body[i]
-        if c == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class = True
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
+    """The index of the ')' closing the group that opens at `start`."""
+    depth = 0
+    for i, c in _structural(body, start):
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        if c == ")" and depth == 0:
+            return i
     return None
 
 
 def _has_group(inner: str) -> bool:
-    i, in_class = 0, False
-    while i < len(inner):
-        c = inner[i]
+    return any(c == "(" for _, c in _structural(inner, 0))
+
+
+def _structural(text: str, start: int):
+    """(index, char) of the regex's own characters from `start`: escapes and the insides of
+    character classes ([(]) skipped, so a literal parenthesis is never taken for a group."""
+    i, in_class = start, False
+    while i < len(text):
+        c = text[i]
         if c == "\\":
             i += 2
             continue
@@ -248,7 +243,6 @@ def _has_group(inner: str) -> bool:
             in_class = c != "]"
         elif c == "[":
             in_class = True
-        elif c == "(":
-            return True
+        else:
+            yield i, c
         i += 1
-    return False
