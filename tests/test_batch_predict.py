@@ -214,3 +214,22 @@ def test_workers_times_threads_fit_the_cores(cpus, workers, threads, want):
 def test_too_many_workers_is_an_error():
     with pytest.raises(RunError, match="3 workers x 2 threads do not fit"):
         plan([4], 3, 2)
+
+
+def test_benchmark_tool_runs_one_local_case(setup, tmp_path):
+    """tools/bench_predict.py's pieces on 3 images (a smoke test, not a timing)."""
+    import importlib.util
+
+    from PIL import Image
+
+    root, _ = setup
+    spec = importlib.util.spec_from_file_location(
+        "bench_predict", os.path.join(os.path.dirname(__file__), "..", "tools", "bench_predict.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    folder = bench.write_jpegs(tmp_path / "jpegs", 3)
+    files = sorted(folder.glob("*/*.jpg"))
+    with Image.open(files[0]) as im:
+        assert len(files) == 3 and (im.size, im.format) == ((224, 224), "JPEG")
+    wall, job = bench.timed(root / "tiny.onnx", folder, tmp_path / "local.csv", "local", 2, None)
+    assert 0 <= job <= wall and len(read_csv(tmp_path / "local.csv")) == 3
