@@ -336,3 +336,24 @@ def test_network_against_torch():
                                    rtol=1e-3, atol=1e-5, err_msg=name)
     for name in ("bn1.running_mean", "bn1.running_var"):
         np.testing.assert_allclose(out[f"{name}.new"], p[name].numpy(), rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("shape,groups", [([4, 1, 2], 1), ([4, 1, 1], 2), ([2, 2, 1], 1)])
+def test_conv2d_weight_gradient_over_few_positions(shape, groups):
+    """Few output positions and many channels: the weight gradient is one GEMM over batch
+    and positions together (layers/conv.py FEW_POSITIONS), against torch autograd."""
+    from graphcnn.layers.conv import FEW_POSITIONS
+
+    torch = pytest.importorskip("torch")
+    assert shape[1] * shape[2] * FEW_POSITIONS <= 16 // groups  # the path under test
+    nodes = [{"id": "c", "op": "conv2d", "channels": 16, "kernel": 3, "padding": 1,
+              "groups": groups}]
+    checked, step, sess = compile_step(nodes, {"x": shape}, batch=3)
+    rng = np.random.default_rng(9)
+    values, feeds = perturbed_state(checked, step, rng), random_batch(checked, step, rng)
+    out = run(sess, step, values, feeds, lr=1.0)
+    w, b = (torch.tensor(values[n], requires_grad=True) for n in ("c.weight", "c.bias"))
+    y = torch.nn.functional.conv2d(torch.tensor(feeds["x"]), w, b, padding=1, groups=groups)
+    torch.mean((y - torch.tensor(feeds["labels"])) ** 2).backward()
+    np.testing.assert_allclose(values["c.weight"] - out["c.weight.new"], w.grad.numpy(),
+                               rtol=1e-3, atol=1e-5)

@@ -31,6 +31,7 @@ during-run` times `graphcnn train`'s own setting). The loader overhead is (a)/(b
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import os
 import statistics
@@ -132,10 +133,21 @@ def torch_models():
               Basic(32, 64, 2), Basic(64, 64, 1)]
     resnet = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
                            *stages, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
-    return {"mnist1d_cnn": cnn, "small_resnet": resnet}
+    return {"mnist1d_cnn": cnn, "small_resnet": resnet, "resnet18_64": torchvision_resnet18}
 
 
-def torch_step(model, x, y, optimizer: str, threads: int | None, provider: str):
+def torchvision_resnet18():
+    """torchvision's ResNet-18 with 10 classes (built on demand: importing torchvision is slow)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from torchvision_check import import_torchvision
+
+    return import_torchvision().models.resnet18(num_classes=10)
+
+
+def torch_step(model, x, y, optimizer: str, threads: int | None, provider: str,
+               compile: bool = False):
+    """One eager PyTorch training step; `compile`: forward and backward through torch.compile
+    (inductor; the optimizer step stays eager, as torch's own recipes do)."""
     import torch
 
     if threads:
@@ -145,10 +157,11 @@ def torch_step(model, x, y, optimizer: str, threads: int | None, provider: str):
         else torch.optim.Adam(model.parameters(), lr=0.01)
     xt, yt = torch.from_numpy(x).to(provider), torch.from_numpy(y).to(provider)
     loss_fn = torch.nn.CrossEntropyLoss()
+    forward = torch.compile(model) if compile else model
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(xt), yt)
+        loss = loss_fn(forward(xt), yt)
         loss.backward()
         opt.step()
         return loss.item()  # as graphcnn's loop reads the loss back (this also waits for a GPU)
@@ -403,6 +416,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     parser.add_argument("--provider", choices=["cpu", "cuda"], default="cpu",
                         help="onnxruntime execution provider, and PyTorch's device")
+    parser.add_argument("--cases", default=None, help="comma-separated: mnist1d_cnn, "
+                        "small_resnet, resnet18_64 (default: all)")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="leave out the torch.compile column (its compilation takes minutes)")
     args = parser.parse_args(argv)
     if args.images:
         image_benchmark(args.steps or 4, args.rounds, args.workers,
@@ -410,23 +427,35 @@ def main(argv: list[str] | None = None) -> None:
         return
     args.steps = args.steps or 50
     cases = {"mnist1d_cnn": (check_spec(ROOT / "specs" / "mnist1d_cnn.yaml"), 100),
-             "small_resnet": (check_spec(NetworkSpec.from_text(RESNET, "small_resnet")), 64)}
+             "small_resnet": (check_spec(NetworkSpec.from_text(RESNET, "small_resnet")), 64),
+             "resnet18_64": (check_spec(ROOT / "specs" / "resnet18.yaml", overrides=IMAGE_SETS), 64)}
+    cases = {k: v for k, v in cases.items() if not args.cases or k in args.cases.split(",")}
     try:
         models = torch_models()
     except ImportError:
         models = None
-    print("| network | batch | graphcnn + onnxruntime (ms/step) | PyTorch eager (ms/step) | ratio |")
-    print("|---|---|---|---|---|")
+    compiled = args.compile and models is not None and args.provider == "cpu"
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; threads: {args.threads or 'default'}; "
+          f"optimizer {args.optimizer}; provider {args.provider}", flush=True)
+    print("| network | batch | graphcnn + onnxruntime (ms/step) | PyTorch eager (ms/step) | ratio |"
+          + (" torch.compile (ms/step) | ratio to compiled |" if compiled else ""))
+    print("|---|---|---|---|---|" + ("---|---|" if compiled else ""))
     for name, (checked, batch) in cases.items():
         steps = args.steps if name == "mnist1d_cnn" else max(5, args.steps // 5)
         fns = [graphcnn_step(checked, batch, args.optimizer, args.threads, args.provider)]
         if models is not None:
             x, y = random_batch(checked, batch)
-            fns.append(torch_step(models[name], x, y, args.optimizer, args.threads, args.provider))
+            made = models[name]
+            fns += [torch_step(made() if name == "resnet18_64" else made, x, y, args.optimizer,
+                               args.threads, args.provider)]
+            if compiled:
+                fns += [torch_step(made() if name == "resnet18_64" else copy.deepcopy(made), x, y,
+                                   args.optimizer, args.threads, args.provider, compile=True)]
         ours, *theirs = alternated(fns, steps)
         cells = f"{theirs[0]:.2f} | {ours / theirs[0]:.2f}" if theirs else "not installed | -"
+        if compiled:
+            cells += f" | {theirs[1]:.2f} | {ours / theirs[1]:.2f}"
         print(f"| {name} | {batch} | {ours:.2f} | {cells} |", flush=True)
-
 
 if __name__ == "__main__":
     main()
