@@ -22,8 +22,8 @@ def cmd_compile(args) -> int:
         return _compile_training(args, spec, checked)
     opts = ExportOptions(seed=args.seed, opset=args.opset, batch=args.batch, weights=args.weights,
                          **weights_options(args), fold_preprocess=args.fold_preprocess,
-                         fold_bn=args.fold_bn, precision=args.precision, quantize=args.quantize,
-                         calibrate=args.calibrate, portable=args.portable,
+                         fold_bn=args.fold_bn, precision=args.precision or "fp32",
+                         quantize=args.quantize, calibrate=args.calibrate, portable=args.portable,
                          dynamic=tuple(a for a in (args.dynamic or "").split(",") if a))
     # checked.spec: without labels that --set left stale (api.check_spec)
     model, notes = export_to_file(checked, self_contained_text(checked.spec), opts, args.output)
@@ -50,7 +50,9 @@ def _compile_args(p):
                    help="the spec's preprocess: inside the graph: a uint8 image input, scaling "
                         "and mean/std folded into the first convolution where that is exact")
     p.add_argument("--fold-bn", action="store_true", help="fold batchnorm into the conv/linear before it")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
+                   help="weights and compute (default fp32); with --training, the step's "
+                        "(default: the recipe's)")
     p.add_argument("--quantize", choices=["int8"], default=None, help="static QDQ quantization")
     p.add_argument("--calibrate", default="random", help="calibration .npz (x) or 'random'")
     p.add_argument("--portable", action="store_true",
@@ -65,10 +67,12 @@ def _compile_training(args, spec, checked) -> int:
     from ..train.job import save_training_step
 
     recipe, step = save_training_step(spec, checked, args.output, batch=args.batch,
-                                      opset=args.opset)
+                                      opset=args.opset, precision=args.precision)
     out(f"wrote {args.output}: training step ({recipe.loss}, {recipe.optimizer}), batch "
         f"{recipe.batch}, {len(step.params)} parameter tensors, {len(step.state)} state tensors, "
         f"{len(step.model.graph.node)} ONNX nodes")
+    if step.report is not None:
+        out(step.report.line())
     scalars = [o.name for o in step.model.graph.output if not o.name.endswith(".new")]
     out("inputs: " + ", ".join(i.name for i in step.model.graph.input[:5]) + ", then each "
         f"carried tensor; outputs: {', '.join(scalars)} and <name>.new per carried tensor")

@@ -75,7 +75,7 @@ def training_job(args):
                    momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
                    val=args.val, max_bad=args.max_bad, keep=args.keep, patience=args.patience,
                    label_smoothing=args.label_smoothing, clip_norm=args.clip_norm,
-                   no_decay_norm_bias=args.no_decay_norm_bias,
+                   no_decay_norm_bias=args.no_decay_norm_bias, precision=args.precision,
                    freeze=[p for text in args.freeze or () for p in text.split(",") if p] or None,
                    augment=given(random_resized_crop=args.random_resized_crop,
                                  pad_crop=args.pad_crop, hflip=args.hflip),
@@ -154,6 +154,10 @@ def _train_args(p):
                    help="no weight decay on biases and normalisation scales (one-axis tensors)")
     p.add_argument("--freeze", action="append", metavar="IDS", help="keep these nodes fixed: "
                    "ids, block instances or patterns (stage1, 'stage*.block0'); repeatable")
+    p.add_argument("--precision", metavar="fp32|bf16|fp16", help="forward and backward in half "
+                   "where the provider has kernels (weights, optimizer state, batchnorm "
+                   "statistics and the loss stay fp32; fp16 scales the loss dynamically); "
+                   "the exported model is fp32")
     p.add_argument("--head-classes", type=positive_int(), metavar="K",
                    help="replace the classifier (the last linear or conv) with K outputs")
     weights_args(p, "--init")  # --init W.pth [--map] [--weights-key] [--partial]: fine-tuning
@@ -208,5 +212,7 @@ class progress_display:
             text += f", test loss {record['test_loss']:.4f} acc {record['test_accuracy']:.1%}"
         if "test_top5" in record:
             text += f" top-5 {record['test_top5']:.1%}"
+        if "skipped_steps" in record:  # fp16: steps an overflow skipped (the scale halved)
+            text += f", {record['skipped_steps']} skipped steps"
         self.bar.console.print(text + f" ({record['seconds']:.1f} s, loader wait "
                                f"{record['loader_wait']:.1f} s)")

@@ -86,7 +86,11 @@ class TrainingSection(BaseModel):
     share on all classes evenly; `clip_norm`: scale the gradients down to this global L2 norm;
     `no_decay_norm_bias`: no weight decay on tensors of one axis (biases, normalisation
     scales); `freeze`: node ids, block instances or patterns (`stage1`, `stage*.block0`) kept
-    fixed, their gradients not computed, their batchnorm in inference mode."""
+    fixed, their gradients not computed, their batchnorm in inference mode. `precision`: the
+    forward and backward passes in fp16 or bf16 where the execution provider has the kernels
+    (train/precision.py; weights, optimizer state, batchnorm statistics and the loss stay
+    fp32); fp16 scales the loss dynamically, doubling the scale after `loss_scale_window`
+    steps without an overflow (train/loss_scale.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"
@@ -111,10 +115,12 @@ class TrainingSection(BaseModel):
     clip_norm: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
     no_decay_norm_bias: bool = False
     freeze: list[str] = []
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    loss_scale_window: int = Field(2000, ge=1)
 
     @field_validator("lr", "momentum", "weight_decay", "eps", "epochs", "batch", "seed",
                      "ignore_index", "val", "max_bad", "patience", "label_smoothing",
-                     "clip_norm", mode="before")
+                     "clip_norm", "loss_scale_window", mode="before")
     @classmethod
     def _no_bool_for_numbers(cls, value):
         """pydantic reads `epochs: true` as 1; a YAML true/false is not a number."""

@@ -61,7 +61,7 @@ def load_checkpoint(path: str | Path, expected: Mapping[str, tuple] | Iterable[s
 
 
 FITTING = "only a checkpoint graphcnn train wrote for this spec fits (the same --set, optimizer " \
-          "and --freeze)"
+          "and --freeze, and --precision fp16 or not: its loss scale is carried)"
 
 
 def _read(path, wants: dict[str, Want], what: str, **options) -> dict[str, np.ndarray]:
@@ -88,6 +88,7 @@ class EpochRecord(BaseModel):
     lr: float
     seconds: float
     loader_wait: float
+    skipped_steps: int | None = Field(None, ge=0)  # fp16 steps an overflow skipped
 
 
 class CheckpointMeta(BaseModel):

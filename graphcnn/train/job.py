@@ -132,11 +132,23 @@ def fit(job: TrainingJob, *, resume: str | Path | None = None, provider: str = "
     if resume is not None and init is not None:
         raise DataError("--resume continues a run and --init starts one: give one of them")
     try:
+        step = step_for(job, provider, progress)
         return train(job.checked, job.recipe, job.data, checkpoint=job.checkpoint,
                      resume=resume, provider=provider, threads=threads, progress=progress,
-                     init=init, step=job.step)
+                     init=init, step=step)
     finally:
         job.data.close()  # the image loader's threads
+
+
+def step_for(job: TrainingJob, provider: str, progress: Progress | None):
+    """The job's step; in fp16/bf16 built for `provider`'s half kernels (the one `prepare`
+    built to check a checkpoint carries the same tensors) and its share of half compute told."""
+    if job.recipe.precision == "fp32":
+        return job.step
+    step = build_step(job.checked, job.recipe, provider=provider)
+    if progress is not None:
+        progress.on_note(step.report.line())
+    return step
 
 
 def head_override(checked: CheckedGraph, classes: int) -> str:
@@ -198,11 +210,11 @@ def export_trained(job: TrainingJob, values) -> None:
 
 
 def save_training_step(spec, checked, output: str | Path, *, batch: int | None = None,
-                       opset: int | None = None):
+                       opset: int | None = None, precision: str | None = None):
     """`graphcnn compile --training`: write the training-step model of the spec's recipe;
-    `batch` overrides the recipe's (a training step always has a fixed batch). Returns the
-    recipe and the step."""
-    recipe = recipe_of(spec).override(batch=batch)
+    `batch` and `precision` override the recipe's (a training step always has a fixed batch).
+    Returns the recipe and the step."""
+    recipe = recipe_of(spec).override(batch=batch, precision=precision)
     step = build_step(checked, recipe, opset=opset)
     save_model(step.model, output)
     return recipe, step

@@ -28,8 +28,9 @@ ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(dou
              "tensor(int32)": np.int32}
 
 
-def build_step(checked, recipe: Recipe, opset: int | None = None):
-    """The training-step model for this recipe (imports the autodiff only when training)."""
+def build_step(checked, recipe: Recipe, opset: int | None = None, provider: str = "cpu"):
+    """The training-step model for this recipe (imports the autodiff only when training);
+    `provider`: the one whose half kernels a precision: fp16/bf16 step uses."""
     from .step import build_training_step
 
     return build_training_step(checked, batch=recipe.batch, loss=recipe.loss,
@@ -38,7 +39,8 @@ def build_step(checked, recipe: Recipe, opset: int | None = None):
                                eps=recipe.eps, ignore_index=recipe.ignore_index, opset=opset,
                                label_smoothing=recipe.label_smoothing, clip_norm=recipe.clip_norm,
                                no_decay_norm_bias=recipe.no_decay_norm_bias,
-                               freeze=recipe.freeze)
+                               freeze=recipe.freeze, precision=recipe.precision,
+                               loss_scale_window=recipe.loss_scale_window, provider=provider)
 
 
 class StepRunner:
@@ -61,7 +63,7 @@ class StepRunner:
         self.binding = self.sess.io_binding()
         self.metrics = {o.name: ort.OrtValue.ortvalue_from_shape_and_type(
             [d for d in o.shape], ORT_TYPES[o.type], "cpu")
-            for o in self.sess.get_outputs() if o.name in ("loss", "correct", "counted")}
+            for o in self.sess.get_outputs() if o.name in ("loss", "correct", "counted", "skipped")}
 
     def _upload(self, array: np.ndarray):
         return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
@@ -192,11 +194,13 @@ class EpochTotals:
     step_no: int
     waited: float  # seconds the step waited for the loader
     lr: float  # the learning rate of the epoch's last step
+    skipped: int | None = None  # fp16: steps an overflow skipped (None: no loss scaling)
 
 
 def run_epoch(runner: StepRunner, data, recipe: Recipe, rng, epoch: int, step_no: int,
               progress: Progress, checkpoint) -> EpochTotals:
     total_loss = total_correct = counted = seen = waited = 0.0
+    skipped = 0 if "skipped" in runner.metrics else None
     lr = recipe.lr
     started = time.perf_counter()
     per_epoch = steps_per_epoch(len(data), recipe.batch)
@@ -210,18 +214,28 @@ def run_epoch(runner: StepRunner, data, recipe: Recipe, rng, epoch: int, step_no
         step_no += 1
         lr = lr_at(recipe.schedule, recipe.lr, step_no, per_epoch, recipe.epochs)
         loss, correct, targets = runner.run(batch, lr, step_no)
-        if not np.isfinite(loss):
+        jumped = overflowed(runner)
+        skipped = None if skipped is None else skipped + jumped
+        if not np.isfinite(loss) and not jumped:  # fp16 skips an overflow and rescales
             raise diverged(loss, epoch, step_no, checkpoint)
-        total_loss += loss * targets  # the epoch's loss: a mean over all its targets
-        total_correct += correct
-        counted += targets
+        if np.isfinite(loss):
+            total_loss += loss * targets  # the epoch's loss: a mean over all its targets
+            total_correct += correct
+            counted += targets
         seen += batch.real
         tell(progress, data)
         progress.on_step({"epoch": epoch, "step": step_no, "loss": loss,
                           "accuracy": correct / max(targets, 1.0), "waited": waited,
                           "samples_per_s": seen / max(time.perf_counter() - started, 1e-9)})
     counted = max(counted, 1.0)
-    return EpochTotals(total_loss / counted, total_correct / counted, step_no, waited, lr)
+    return EpochTotals(total_loss / counted, total_correct / counted, step_no, waited, lr,
+                       skipped)
+
+
+def overflowed(runner: StepRunner) -> int:
+    """1 when the fp16 step just run was skipped (an inf or NaN gradient), else 0."""
+    flag = runner.metrics.get("skipped")
+    return int(flag.numpy()) if flag is not None else 0
 
 
 def diverged(loss: float, epoch: int, step_no: int, checkpoint) -> RunError:
@@ -235,4 +249,6 @@ def epoch_record(epoch: int, done: EpochTotals, scores: Scores | None, seconds: 
     record = {"epoch": epoch, "step": done.step_no, "train_loss": done.loss,
               "train_accuracy": done.accuracy, **(scores.record() if scores else {})}
     record.update(lr=done.lr, seconds=seconds, loader_wait=done.waited)
+    if done.skipped is not None:
+        record["skipped_steps"] = done.skipped
     return record

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 METRIC_COLUMNS = ("epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
-                  "test_top5", "lr", "seconds", "loader_wait")
+                  "test_top5", "lr", "seconds", "loader_wait", "skipped_steps")
 
 
 def metrics_paths(model_path: str | Path) -> dict[str, Path]:

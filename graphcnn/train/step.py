@@ -9,7 +9,10 @@ running statistics `bn1.running_mean`). Outputs: `loss` (mean over the real rows
 (classification: int64 count of counted targets whose argmax is the label), `counted` (int64:
 how many targets the loss averaged, when per-pixel targets or an ignore_index make that differ
 from the real rows) and `<name>.new` for every carried name, to feed back as `<name>` on the
-next step.
+next step. Under `precision: fp16` the step also carries the loss scale (`amp.scale`,
+`amp.good`, train/loss_scale.py) and outputs `skipped` (int64: 1 when an overflow left the
+parameters unchanged); fp16 and bf16 run the layers' compute in half where the provider can
+(train/precision.py).
 Dropout masks in training are a deterministic function of `step`, the node and the element
 (layers/activation.py), so a run is reproducible on any host and across a resume.
 """
@@ -28,10 +31,11 @@ from ..layers.base import product
 from ..lower.inference import make_model
 from ..lower.initial_values import initial_value
 from ..lower.opset import choose_opset
-from . import losses
+from . import loss_scale, losses
 from .autodiff import TrainEmitter, backward, forward
 from .freeze import frozen_ids
 from .optim import OptimConfig, update
+from .precision import PrecisionReport, check_precision, to_half
 
 
 @dataclass
@@ -48,6 +52,8 @@ class TrainingStep:
     outputs: list[str] = field(default_factory=list)
     loss: str = "cross_entropy"
     optimizer: str = "sgd"
+    precision: str = "fp32"
+    report: PrecisionReport | None = None  # what ran in half (None: fp32)
 
     @property
     def carried(self) -> list[str]:
@@ -64,13 +70,17 @@ def build_training_step(checked: CheckedGraph, *, batch: int, loss: str = "cross
                         betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                         ignore_index: int | None = None, opset: int | None = None,
                         label_smoothing: float = 0.0, clip_norm: float | None = None,
-                        no_decay_norm_bias: bool = False, freeze=()) -> TrainingStep:
+                        no_decay_norm_bias: bool = False, freeze=(), precision: str = "fp32",
+                        loss_scale_window: int = 2000, provider: str = "cpu") -> TrainingStep:
     """The step model. `label_smoothing` (cross_entropy, as torch's), `clip_norm` (the global
     L2 norm of the gradients, as torch's clip_grad_norm_, before the optimizer adds weight
     decay), `no_decay_norm_bias` (no weight decay on one-axis tensors), `freeze` (node id
-    patterns kept fixed, train/freeze.py)."""
+    patterns kept fixed, train/freeze.py), `precision` (fp32, bf16 or fp16: the layers'
+    compute in half where `provider` has the kernels; fp16 with dynamic loss scaling whose
+    scale doubles after `loss_scale_window` good steps)."""
     cfg = OptimConfig(optimizer, momentum, weight_decay, tuple(betas), eps)
     cfg.validate()
+    check_precision(precision)
     check_batch(checked, batch)
     if len(checked.inputs) != 1:
         raise CompileError("training needs a network with exactly one input",
@@ -81,17 +91,41 @@ def build_training_step(checked: CheckedGraph, *, batch: int, loss: str = "cross
     g = TrainEmitter(mask="mask", step="step")
     forward(g, checked, frozen)
     values = losses.build_loss(g, checked, loss, "labels", ignore_index, label_smoothing)
-    grads = backward(g, checked, values.seeds, frozen)
+    scaled = precision == "fp16"  # bf16 has fp32's exponent range: no loss scaling
+    seeds = loss_scale.scale_seeds(g, values.seeds) if scaled else values.seeds
+    grads = backward(g, checked, seeds, frozen)
+    if scaled:
+        grads, finite = loss_scale.unscale(g, grads)
     if clip_norm is not None:
         grads = clip_by_norm(g, grads, clip_norm)
     decay = (lambda param: len(param.shape) > 1) if no_decay_norm_bias else (lambda param: True)
     params, state, new = carry_updates(g, checked, cfg, grads, frozen, decay)
     metrics = {"loss": values.loss, "correct": values.correct, "counted": values.counted}
+    if scaled:
+        state, new, metrics["skipped"] = scaled_updates(g, checked, params, state, new, finite,
+                                                        loss_scale_window)
     outputs = {**{k: v for k, v in metrics.items() if v is not None},
                **{f"{n}.new": new[n] for n in params + state}}
     model = assemble(g, checked, batch, data, loss, params + state, outputs, opset)
+    model, report = to_half(model, checked, precision, provider)
     return TrainingStep(model, batch, data, params=params, state=state, outputs=list(outputs),
-                        loss=loss, optimizer=optimizer)
+                        loss=loss, optimizer=optimizer, precision=precision,
+                        report=report if precision != "fp32" else None)
+
+
+def scaled_updates(g: TrainEmitter, checked: CheckedGraph, params: list[str], state: list[str],
+                   new: dict[str, str], finite: str, window: int):
+    """(state with the loss scale's, the new values with parameters and optimizer state kept
+    on an overflow, the `skipped` output) for fp16 (train/loss_scale.py)."""
+    taken = set(params + state) & set(loss_scale.STATE)
+    if taken:
+        raise CompileError("the spec's parameters are named like the loss scale's state",
+                           received=", ".join(sorted(taken)))
+    running = {f"{n.id}.{p}" for n in checked.nodes for p, v in n.params.items() if not v.trainable}
+    new = loss_scale.keep_if_skipped(g, new, [n for n in params + state if n not in running],
+                                     finite)
+    scale, skipped = loss_scale.next_scale(g, finite, window)
+    return state + list(loss_scale.STATE), {**new, **scale}, skipped
 
 
 def check_batch(checked: CheckedGraph, batch: int) -> None:
@@ -163,7 +197,7 @@ def check_state_updates(g: TrainEmitter, checked: CheckedGraph) -> None:
 
 def assemble(g: TrainEmitter, checked: CheckedGraph, batch: int, data: str, loss: str,
              carried: list[str], outputs: dict[str, str], opset: int | None) -> onnx.ModelProto:
-    shapes = carried_shapes(checked)
+    shapes = {**carried_shapes(checked), **{n: loss_scale.SHAPE for n in loss_scale.STATE}}
     out_shape = checked.shape_of(checked.outputs[0])
     label = helper.make_tensor_value_info("labels", TensorProto.INT64, [batch, *out_shape[1:]]) \
         if loss == "cross_entropy" else float_info("labels", [batch, *out_shape])
@@ -202,7 +236,7 @@ def float_info(name: str, shape) -> onnx.ValueInfoProto:
 
 
 def scalar_info(name: str) -> onnx.ValueInfoProto:
-    kind = TensorProto.INT64 if name in ("correct", "counted") else TensorProto.FLOAT
+    kind = TensorProto.INT64 if name in ("correct", "counted", "skipped") else TensorProto.FLOAT
     return helper.make_tensor_value_info(name, kind, [])
 
 
@@ -218,11 +252,13 @@ def prune(nodes: list, outputs: list[str]) -> list:
 
 def initial_state(checked: CheckedGraph, step: TrainingStep, seed: int) -> dict[str, np.ndarray]:
     """Parameters as the inference model initialises them (same seed, same values), layer
-    state from its Param init (running mean 0, variance 1), optimizer state zeros."""
+    state from its Param init (running mean 0, variance 1), optimizer state zeros, the fp16
+    loss scale 2^16."""
     values = {}
     for node in checked.nodes:
         for pname, param in node.params.items():
             values[f"{node.id}.{pname}"] = initial_value(f"{node.id}.{pname}", param, seed)
+    values.update(loss_scale.initial_values())  # used only by an fp16 step
     shapes = step.shapes()
     return {n: values[n] if n in values else np.zeros(shapes[n], np.float32)
             for n in step.carried}
