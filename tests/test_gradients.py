@@ -357,3 +357,24 @@ def test_conv2d_weight_gradient_over_few_positions(shape, groups):
     torch.mean((y - torch.tensor(feeds["labels"])) ** 2).backward()
     np.testing.assert_allclose(values["c.weight"] - out["c.weight.new"], w.grad.numpy(),
                                rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding,stride,dilation", [(1, 1, 1), (0, 2, 1), (2, 1, 2), (1, 3, 1)])
+def test_conv2d_weight_gradient_as_a_conv(monkeypatch, padding, stride, dilation):
+    """The weight gradient as one Conv with the batch as its channels (the form the CUDA step
+    uses, layers/conv.py weight_grad_by_conv), here on the CPU against torch autograd."""
+    monkeypatch.setenv("GRAPHCNN_WEIGHT_GRAD", "conv")
+    torch = pytest.importorskip("torch")
+    nodes = [{"id": "c", "op": "conv2d", "channels": 4, "kernel": 3, "padding": padding,
+              "stride": stride, "dilation": dilation}]
+    checked, step, sess = compile_step(nodes, {"x": [3, 8, 7]}, batch=2)
+    assert not any(n.op_type == "MatMul" for n in step.model.graph.node)  # no unfold GEMM
+    rng = np.random.default_rng(10)
+    values, feeds = perturbed_state(checked, step, rng), random_batch(checked, step, rng)
+    out = run(sess, step, values, feeds, lr=1.0)
+    w = torch.tensor(values["c.weight"], requires_grad=True)
+    y = torch.nn.functional.conv2d(torch.tensor(feeds["x"]), w, torch.tensor(values["c.bias"]),
+                                   stride=stride, padding=padding, dilation=dilation)
+    torch.mean((y - torch.tensor(feeds["labels"])) ** 2).backward()
+    np.testing.assert_allclose(values["c.weight"] - out["c.weight.new"], w.grad.numpy(),
+                               rtol=1e-3, atol=1e-5)

@@ -71,14 +71,16 @@ nodes:
 """
 
 
-def graphcnn_step(checked, batch: int, optimizer: str, threads: int | None, provider: str):
+def graphcnn_step(checked, batch: int, optimizer: str, threads: int | None, provider: str,
+                  precision: str = "fp32"):
     from graphcnn.train.data import Batch
     from graphcnn.train.loop import StepRunner, build_step
     from graphcnn.train.recipe import Recipe
     from graphcnn.train.step import initial_state
 
-    recipe = Recipe(batch=batch, optimizer=optimizer, lr=0.01, momentum=0.9 * (optimizer == "sgd"))
-    step = build_step(checked, recipe)
+    recipe = Recipe(batch=batch, optimizer=optimizer, lr=0.01, momentum=0.9 * (optimizer == "sgd"),
+                    precision=precision)
+    step = build_step(checked, recipe, provider=provider)
     runner = StepRunner(step, initial_state(checked, step, 0), provider, threads)
     x, y = random_batch(checked, batch)
     data = Batch(x, y, np.ones(batch, np.float32), batch)
@@ -145,9 +147,10 @@ def torchvision_resnet18():
 
 
 def torch_step(model, x, y, optimizer: str, threads: int | None, provider: str,
-               compile: bool = False):
+               compile: bool = False, precision: str = "fp32"):
     """One eager PyTorch training step; `compile`: forward and backward through torch.compile
-    (inductor; the optimizer step stays eager, as torch's own recipes do)."""
+    (inductor; the optimizer step stays eager, as torch's own recipes do); `precision` fp16 or
+    bf16: torch.autocast over forward and loss, fp16 with a GradScaler (PyTorch's AMP recipe)."""
     import torch
 
     if threads:
@@ -158,12 +161,16 @@ def torch_step(model, x, y, optimizer: str, threads: int | None, provider: str,
     xt, yt = torch.from_numpy(x).to(provider), torch.from_numpy(y).to(provider)
     loss_fn = torch.nn.CrossEntropyLoss()
     forward = torch.compile(model) if compile else model
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    scaler = torch.amp.GradScaler(provider, enabled=precision == "fp16")
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(forward(xt), yt)
-        loss.backward()
-        opt.step()
+        with torch.autocast(provider, dtype=half or torch.float32, enabled=half is not None):
+            loss = loss_fn(forward(xt), yt)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         return loss.item()  # as graphcnn's loop reads the loss back (this also waits for a GPU)
 
     return step
@@ -416,6 +423,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     parser.add_argument("--provider", choices=["cpu", "cuda"], default="cpu",
                         help="onnxruntime execution provider, and PyTorch's device")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                        help="graphcnn's --precision against PyTorch's autocast (+ GradScaler)")
     parser.add_argument("--cases", default=None, help="comma-separated: mnist1d_cnn, "
                         "small_resnet, resnet18_64 (default: all)")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
@@ -436,18 +445,20 @@ def main(argv: list[str] | None = None) -> None:
         models = None
     compiled = args.compile and models is not None and args.provider == "cpu"
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; threads: {args.threads or 'default'}; "
-          f"optimizer {args.optimizer}; provider {args.provider}", flush=True)
+          f"optimizer {args.optimizer}; provider {args.provider}; precision {args.precision}",
+          flush=True)
     print("| network | batch | graphcnn + onnxruntime (ms/step) | PyTorch eager (ms/step) | ratio |"
           + (" torch.compile (ms/step) | ratio to compiled |" if compiled else ""))
     print("|---|---|---|---|---|" + ("---|---|" if compiled else ""))
     for name, (checked, batch) in cases.items():
         steps = args.steps if name == "mnist1d_cnn" else max(5, args.steps // 5)
-        fns = [graphcnn_step(checked, batch, args.optimizer, args.threads, args.provider)]
+        fns = [graphcnn_step(checked, batch, args.optimizer, args.threads, args.provider,
+                             args.precision)]
         if models is not None:
             x, y = random_batch(checked, batch)
             made = models[name]
             fns += [torch_step(made() if name == "resnet18_64" else made, x, y, args.optimizer,
-                               args.threads, args.provider)]
+                               args.threads, args.provider, precision=args.precision)]
             if compiled:
                 fns += [torch_step(made() if name == "resnet18_64" else copy.deepcopy(made), x, y,
                                    args.optimizer, args.threads, args.provider, compile=True)]
