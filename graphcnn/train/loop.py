@@ -21,6 +21,7 @@ from .best import BestKeeper
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import Batch, Dataset, steps_per_epoch
 from .evaluate import Evaluator, Scores
+from .graphs import FixedFeeds, graph_session
 from .recipe import Recipe
 from .schedule import lr_at
 
@@ -55,14 +56,19 @@ class StepRunner:
 
         self.ort, self.step = ort, step
         self.names = list(step.params) + list(step.state)
-        self.sess = session(step.model, provider, threads, spinning="during-run", nchwc=True)
+        self.sess, captured = graph_session(lambda options: session(
+            step.model, provider, threads, spinning="during-run", nchwc=True, options=options),
+            provider)
         self.quiet = quiet_run()
         self.device = "cuda" if self.sess.get_providers()[0].startswith("CUDA") else "cpu"
         self.current = {n: self._upload(values[n]) for n in self.names}
         self.spare = {n: self._upload(np.empty_like(values[n])) for n in self.names}
         self.binding = self.sess.io_binding()
+        # captured CUDA graphs (train/graphs.py): inputs and outputs at fixed device addresses
+        self.fixed = FixedFeeds(ort, self.sess, step, self.quiet) if captured else None
+        self.parity = 0  # which of the two graphs runs next
         self.metrics = {o.name: ort.OrtValue.ortvalue_from_shape_and_type(
-            [d for d in o.shape], ORT_TYPES[o.type], "cpu")
+            [d for d in o.shape], ORT_TYPES[o.type], self.device if captured else "cpu")
             for o in self.sess.get_outputs() if o.name in ("loss", "correct", "counted", "skipped")}
 
     def _upload(self, array: np.ndarray):
@@ -71,19 +77,23 @@ class StepRunner:
     def run(self, batch: Batch, lr: float, step_no: int) -> tuple[float, float, float]:
         """One optimizer step; returns the batch's loss, its number of correct targets and
         the number of targets counted (the real rows, or their counted pixels)."""
-        s, io = self.step, self.binding
-        io.bind_cpu_input(s.data_input, batch.x)
-        io.bind_cpu_input(s.label_input, batch.y)
-        io.bind_cpu_input(s.mask_input, batch.mask)
-        io.bind_cpu_input(s.lr_input, np.array(lr, dtype=np.float32))
-        io.bind_cpu_input(s.step_input, np.array(step_no, dtype=np.int64))
+        s, io, options = self.step, self.binding, self.quiet
+        feeds = {s.data_input: batch.x, s.label_input: batch.y, s.mask_input: batch.mask,
+                 s.lr_input: np.array(lr, dtype=np.float32),
+                 s.step_input: np.array(step_no, dtype=np.int64)}
+        if self.fixed is not None:
+            self.fixed.write(io, feeds)
+            options, self.parity = self.fixed.options[self.parity], 1 - self.parity
+        else:
+            for name, value in feeds.items():
+                io.bind_cpu_input(name, value)
         for name in self.names:
             io.bind_ortvalue_input(name, self.current[name])
             io.bind_ortvalue_output(f"{name}.new", self.spare[name])
         for name, value in self.metrics.items():
             io.bind_ortvalue_output(name, value)
         try:
-            self.sess.run_with_iobinding(io, self.quiet)
+            self.sess.run_with_iobinding(io, options)
         except Exception as exc:  # onnxruntime's: named by its ONNX node and spec node
             raise run_failure(self.sess, exc) from None
         self.current, self.spare = self.spare, self.current
