@@ -116,7 +116,9 @@ def training_job(source: str | Path | NetworkSpec, output: str | Path, *,
     holds), schedule (a dict: kind, warmup, milestones, step_size, gamma, min_lr, pct_start,
     div_factor, final_div_factor; likewise), label_smoothing, clip_norm, no_decay_norm_bias,
     freeze (ids, block instances or patterns: a list, or one comma-separated string), loss,
-    betas, eps, ignore_index. `workers`: the image loader's threads (default: up to 4);
+    betas, eps, ignore_index, precision ('fp32', 'bf16' or 'fp16': the step's compute in half
+    where the provider has kernels) and loss_scale_window (fp16's good steps before the loss
+    scale doubles). `workers`: the image loader's threads (default: up to 4);
     `head_classes`: give the last linear or conv this many outputs (--head-classes);
     `resume`: a checkpoint to continue, whose stored recipe replaces the spec's (the options
     given still override it), checked against the spec's step here. An unknown option is a
@@ -150,10 +152,10 @@ def train_spec(source: str | Path | NetworkSpec, output: str | Path, *,
     beside it, and for a held-out set the confusion matrix. `recipe` takes what
     `training_job` takes: any `training:` key (epochs, batch, optimizer, lr, momentum,
     weight_decay, seed, val, augment, schedule, label_smoothing, clip_norm,
-    no_decay_norm_bias, freeze, keep, patience, max_bad, ...), workers, head_classes and
-    overrides. `init`: a checkpoint to start from (--init; through the spec's name maps, or
-    `weights_map`, `weights_key`; `partial` leaves parameters it lacks, a new head, as
-    initialised); its load report goes to `progress.on_note`. `progress` is a
+    no_decay_norm_bias, freeze, keep, patience, max_bad, precision, ...), workers,
+    head_classes and overrides. `init`: a checkpoint to start from (--init; through the spec's
+    name maps, or `weights_map`, `weights_key`; `partial` leaves parameters it lacks, a new
+    head, as initialised); its load report goes to `progress.on_note`. `progress` is a
     graphcnn.train.loop.Progress. Returns the TrainResult: final tensors, per-epoch history,
     steps taken, held-out scores.
 

@@ -46,7 +46,8 @@ FP32_OPS = frozenset({
     "ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSum",
     "ReduceLogSumExp", "ReduceProd", "CumSum", "Exp", "Log", "Pow", "Reciprocal", "Sqrt", "Erf",
     "Softmax", "LogSoftmax", "Softplus", "BatchNormalization", "LayerNormalization",
-    "InstanceNormalization", "GroupNormalization", "LRN", "Cast", "NonMaxSuppression",
+    "InstanceNormalization", "GroupNormalization", "LRN", "NonMaxSuppression",
+    "Cast",  # its result's type is its `to`; a half consumer gets its own cast
     # scatter-adds accumulate (a max pool's gradient); the CPU provider also refuses their fp16
     # add-reduction only when run, which a session-creation probe cannot see
     "ScatterElements", "ScatterND"})
@@ -81,10 +82,10 @@ class PrecisionReport:
     def line(self) -> str:
         if self.precision == "fp32":
             return "precision fp32"
-        text = (f"precision {self.precision} on the {self.provider} provider: {self.share:.0%} of the step's "
-                f"conv/matmul multiply-adds and {self.half_ops} of {self.float_ops} float ops ran "
-                f"in {self.precision}; weights, optimizer state, batchnorm statistics and the "
-                "loss in fp32")
+        text = (f"precision {self.precision} on the {self.provider} provider: {self.share:.0%} "
+                f"of the step's conv/matmul multiply-adds and {self.half_ops} of "
+                f"{self.float_ops} float ops ran in {self.precision}; weights, optimizer state, "
+                "batchnorm statistics and the loss in fp32")
         if self.half_macs == 0:
             text += f" (the {self.provider} provider computes none of them in " \
                     f"{self.precision} itself: the step runs in fp32)"
@@ -103,20 +104,21 @@ def to_half(model: onnx.ModelProto, checked: CheckedGraph, precision: str,
         return model, PrecisionReport("fp32", provider)
     types, full = value_types(model), provider_name(provider)
     rewriter = Rewriter(model, HALF[precision], types)
-    layers = {n.id: bool(n.layer.fp32_ops) for n in checked.nodes}
+    keeps_fp32 = {n.id: bool(n.layer.fp32_ops) for n in checked.nodes}  # by layer id
     opset = model.opset_import[0].version
     for node in model.graph.node:
-        rewriter.place(node, runs_half(node, rewriter, layers, full, opset))
+        rewriter.place(node, runs_half(node, rewriter, keeps_fp32, full, opset))
     return rewriter.model(), report(rewriter, precision, provider)
 
 
-def runs_half(node, rw: "Rewriter", layers: dict[str, bool], provider: str, opset: int) -> bool:
+def runs_half(node, rw: "Rewriter", keeps_fp32: dict[str, bool], provider: str,
+              opset: int) -> bool:
     """Whether this node of the fp32 step runs in half (see the module's rules)."""
     owner = node.name.split("/")[0]
-    if owner not in layers or node.name.startswith(FP32_PHASES) or "/update/" in node.name \
+    if owner not in keeps_fp32 or node.name.startswith(FP32_PHASES) or "/update/" in node.name \
             or node.op_type in FP32_OPS:
         return False  # the loss, the update, the loss scale, the outputs; torch's fp32 ops
-    if node.op_type not in HEAVY and (layers[owner] or not rw.reads_half(node)):
+    if node.op_type not in HEAVY and (keeps_fp32[owner] or not rw.reads_half(node)):
         return False
     if not all(o in rw.types for o in node.output):
         return False  # onnx could not type a result: its consumers would not know to cast
@@ -206,6 +208,8 @@ class Rewriter:
         return name
 
     def model(self) -> onnx.ModelProto:
+        from .step import prune  # drops an existing Cast the folded casts bypass
+
         out = onnx.ModelProto()
         out.CopyFrom(self.source)
         graph = out.graph
@@ -219,16 +223,6 @@ class Rewriter:
         for out_info in graph.output:  # every output is fp32: the outputs region runs fp32
             assert self.dtype.get(out_info.name, TensorProto.FLOAT) != self.half, out_info.name
         return out
-
-
-def prune(nodes: list, outputs: list[str]) -> list:
-    """Without nodes nothing reads (an existing Cast that the folded casts bypass)."""
-    needed, kept = set(outputs), []
-    for node in reversed(nodes):
-        if any(o in needed for o in node.output):
-            kept.append(node)
-            needed.update(node.input)
-    return kept[::-1]
 
 
 def half_array(values: np.ndarray, to: int) -> np.ndarray:
