@@ -14,7 +14,7 @@ from graphcnn import NetworkSpec, check
 from graphcnn.deploy.export import ExportOptions, export
 from graphcnn.deploy.weights import expected_weights, model_weights
 from graphcnn.errors import DataError
-from graphcnn.runtime import session
+from graphcnn.runtime import half_kernels, session
 
 SPEC = """
 name: small_resnet
@@ -105,6 +105,99 @@ def test_reduced_precision_runs_on_cpu(checked, trained_weights, precision, rtol
     assert low.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     a, b = outputs(ref, sample()), outputs(low, sample())
     np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol * np.abs(a).max())
+
+
+# --- --precision: what runs in half is what the provider computes in half --------------------
+
+HALF_SPEC = """
+name: half
+inputs: {x: [3, 8, 8]}
+nodes:
+  - {id: c1, op: conv2d, channels: 4, kernel: 3, padding: same}
+  - {op: relu}
+  - {op: maxpool2d, kernel: 2}
+  - {id: c2, op: conv2d, channels: 4, kernel: 3, padding: same}
+  - {op: global_avgpool}
+  - {id: fc, op: linear, features: 3}
+  - {id: probs, op: softmax}
+"""
+FP16, BF16, FP32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT
+
+
+@pytest.fixture()
+def emulated(monkeypatch):
+    """Half ops wherever onnxruntime runs them at all, its own fp32 emulation included."""
+    monkeypatch.setattr(half_kernels, "has_kernel",
+                        lambda *probe: half_kernels.kernel_kind(*probe) != "none")
+
+
+def half_export(precision):
+    checked = check(NetworkSpec.from_text(HALF_SPEC, "half.yaml"))
+    model, notes = export(checked, HALF_SPEC, ExportOptions(precision=precision))
+    typed = onnx.shape_inference.infer_shapes(model).graph
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in [*typed.input, *typed.value_info, *typed.output]}
+    reads = {n.op_type: types[n.input[0]] for n in model.graph.node if n.op_type != "Cast"}
+    return model, notes[-1], reads
+
+
+def test_fp16_runs_in_half_every_op_the_provider_computes_in_half(emulated):
+    """With emulated kernels counted (a stand-in for a provider with real ones), the convs and
+    the linear layer run in fp16 and the ops between them follow; softmax stays fp32."""
+    model, note, reads = half_export("fp16")
+    assert reads == {"Conv": FP16, "Relu": FP16, "MaxPool": FP16, "GlobalAveragePool": FP16,
+                     "Flatten": FP16, "Gemm": FP16, "Softmax": FP32}, reads
+    assert note.startswith("precision fp16 on the cpu provider: 100% of the model's "
+                           "conv/matmul multiply-adds and 7 of 8 float ops run in fp16")
+    assert model.graph.output[0].type.tensor_type.elem_type == FP32
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    fp32, _ = export(check(NetworkSpec.from_text(HALF_SPEC, "half.yaml")), HALF_SPEC,
+                     ExportOptions())
+    np.testing.assert_allclose(outputs(model, x), outputs(fp32, x), rtol=1e-2, atol=1e-3)
+
+
+def test_fp16_on_the_cpu_provider_says_what_it_computes_in_half():
+    """Only real kernels count: on an x86 CPU the fp16 convs are onnxruntime's emulation, so the
+    model computes in fp32 with no cast but the weights' (no op gets casts on both sides just
+    to move values in half), and the report says so."""
+    model, note, reads = half_export("fp16")
+    fp32, _ = export(check(NetworkSpec.from_text(HALF_SPEC, "half.yaml")), HALF_SPEC,
+                     ExportOptions())
+    conv = next(n for n in fp32.graph.node if n.op_type == "Conv")
+    sig = half_kernels.signature(conv, half_kernels.value_types(fp32), FP16)
+    native = half_kernels.has_kernel(sig, FP16, "CPUExecutionProvider",
+                                     half_kernels.default_opset(fp32))
+    assert (reads["Conv"] == FP16) == native
+    if not native:
+        assert set(reads.values()) == {FP32}, reads
+        casts = [n for n in model.graph.node if n.op_type == "Cast"]
+        weights = {t.name for t in model.graph.initializer}
+        assert casts and all(n.input[0] in weights for n in casts)
+        assert "0% of the model's conv/matmul" in note and "the model runs in fp32" in note
+
+
+def test_bf16_without_a_kernel_stays_fp32_behind_casts(emulated):
+    """The CPU provider has no bf16 conv at all (not even emulated): fp32 compute, bf16
+    weights cast to fp32 in the graph, and a model that runs."""
+    model, note, reads = half_export("bf16")
+    assert set(reads.values()) == {FP32}, reads
+    casts = {n.input[0] for n in model.graph.node if n.op_type == "Cast"}
+    assert {"c1.weight", "c2.weight", "fc.weight"} <= casts
+    assert {t.data_type for t in model.graph.initializer if t.name.endswith(".weight")} == {BF16}
+    assert "0% of the model's conv/matmul" in note
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    assert np.isfinite(outputs(model, x)).all()
+
+
+def test_compile_precision_prints_the_report(tmp_path, capsys):
+    from graphcnn.cli import main
+
+    spec = tmp_path / "half.yaml"
+    spec.write_text(HALF_SPEC)
+    out = str(tmp_path / "h.onnx")
+    assert main(["compile", str(spec), "-o", out, "--precision", "fp16"]) == 0
+    said = capsys.readouterr().out
+    assert "precision fp16 on the cpu provider: " in said and "float ops run in fp16" in said
 
 
 def test_int8_quantization_runs_and_reports(checked, trained_weights, tmp_path):

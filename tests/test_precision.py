@@ -1,9 +1,10 @@
 """Mixed-precision training (`graphcnn train --precision fp16|bf16`): which ops of the step run
 in half, fp32 at the edges, loss scaling's skipped steps and growth, the MNIST-1D figure's
-accuracy in fp16, the command line and resume.
+accuracy in fp16, the command line and resume; and the kernel probe that both this and
+`graphcnn compile --precision` use (runtime/half_kernels.py).
 
 onnxruntime's CPU provider computes no fp16 conv or matmul itself on an AVX2 machine (it
-wraps them in casts to fp32: train/precision.py kernel_kind), so by default an fp16 step here
+wraps them in casts to fp32: half_kernels.kernel_kind), so by default an fp16 step here
 computes in fp32. The `emulated` fixture lets the rewrite take those ops anyway, so the half
 graph, its casts and its overflows are checked on the CPU too."""
 from __future__ import annotations
@@ -20,6 +21,7 @@ from onnx import TensorProto
 from graphcnn.api import check_spec, train_spec
 from graphcnn.cli import main
 from graphcnn.errors import CompileError
+from graphcnn.runtime import half_kernels
 from graphcnn.spec import NetworkSpec
 from graphcnn.train import precision
 from graphcnn.train.loop import build_step
@@ -53,8 +55,8 @@ def checked():
 @pytest.fixture()
 def emulated(monkeypatch):
     """Half ops wherever onnxruntime runs them at all, its own fp32 emulation included."""
-    monkeypatch.setattr(precision, "has_kernel",
-                        lambda *probe: precision.kernel_kind(*probe) != "none")
+    monkeypatch.setattr(half_kernels, "has_kernel",
+                        lambda *probe: half_kernels.kernel_kind(*probe) != "none")
 
 
 def value_types(model) -> dict[str, int]:
@@ -174,12 +176,57 @@ def test_the_report_says_how_much_ran_in_half(checked, name):
 def test_emulated_fp16_is_not_counted_as_fp16():
     """The CPU provider's fp16 Conv on an AVX2 machine is casts around its fp32 Conv."""
     conv = ("Conv", (), ((HALF, 3), (HALF, 3), (HALF, 1)), 1)
-    kind = precision.kernel_kind(conv, HALF, "CPUExecutionProvider", 18)
+    kind = half_kernels.kernel_kind(conv, HALF, "CPUExecutionProvider", 18)
     assert kind in ("native", "emulated")
-    assert precision.has_kernel(conv, HALF, "CPUExecutionProvider", 18) == (kind == "native")
+    assert half_kernels.has_kernel(conv, HALF, "CPUExecutionProvider", 18) == (kind == "native")
     bf16 = ("Conv", (), ((TensorProto.BFLOAT16, 3),) * 2, 1)
-    assert precision.kernel_kind(bf16, TensorProto.BFLOAT16, "CPUExecutionProvider", 18) != \
+    assert half_kernels.kernel_kind(bf16, TensorProto.BFLOAT16, "CPUExecutionProvider", 18) != \
         "emulated"  # refused or computed: onnxruntime never casts bf16 around a kernel
+
+
+@pytest.mark.parametrize("half", [HALF, TensorProto.BFLOAT16], ids=["fp16", "bf16"])
+def test_the_probe_finds_a_real_half_kernel(half):
+    """The CPU provider moves half values itself (Transpose has a kernel for every type): the
+    probe must say so. A probe whose model onnxruntime refuses (its outputs once had type
+    UNDEFINED) answers "none" for every op, and compile --precision ran nothing in half."""
+    node = onnx.helper.make_node("Transpose", ["x"], ["y"], perm=[1, 0])
+    sig = half_kernels.signature(node, {"x": (TensorProto.FLOAT, (3, 5))}, half)
+    assert sig == ("Transpose", (("perm", "[1, 0]"),), ((half, 2),), 1)
+    assert half_kernels.kernel_kind(sig, half, "CPUExecutionProvider", 21) == "native"
+    assert half_kernels.has_kernel(sig, half, "CPUExecutionProvider", 21)
+    output = half_kernels.probe_model(sig, 21).graph.output[0]
+    assert not output.type.HasField("tensor_type")  # left to onnxruntime to infer
+
+
+def test_the_probe_refuses_what_onnxruntime_refuses():
+    """An attribute the probe cannot rebuild, an untyped input, an unknown op: no kernel."""
+    tensor = onnx.helper.make_node("Constant", [], ["c"], value=onnx.numpy_helper.from_array(
+        np.zeros(2, np.float32)))
+    untyped = onnx.helper.make_node("Relu", ["nowhere"], ["y"])
+    for node in (tensor, untyped, onnx.helper.make_node("NoSuchOp", ["x"], ["y"])):
+        sig = half_kernels.signature(node, {"x": (TensorProto.FLOAT, (2,))}, HALF)
+        assert half_kernels.kernel_kind(sig, HALF, "CPUExecutionProvider", 21) == "none", node
+
+
+def test_a_half_read_of_a_cast_mask_casts_its_source_and_drops_the_old_cast():
+    """A mask cast from booleans, read by a half op: one Cast bool -> half, no Cast -> Cast
+    chain, and the fp32 Cast nothing reads any more is gone."""
+    h = onnx.helper
+    graph = h.make_graph(
+        [h.make_node("Cast", ["b"], ["m"], name="drop/Cast", to=TensorProto.FLOAT),
+         h.make_node("Mul", ["x", "m"], ["y"], name="drop/Mul"),
+         h.make_node("Identity", ["y"], ["out"], name="output/y")], "g",
+        [h.make_tensor_value_info("b", TensorProto.BOOL, [4]),
+         h.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [h.make_tensor_value_info("out", TensorProto.FLOAT, [4])])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 21)])
+    rw = precision.Rewriter(model, HALF, half_kernels.value_types(model))
+    for node, half in zip(model.graph.node, (False, True, False)):
+        rw.place(node, half)
+    nodes = rw.model().graph.node
+    assert [(n.op_type, list(n.input)) for n in nodes] == [
+        ("Cast", ["x"]), ("Cast", ["b"]), ("Mul", ["x/half", "m/half"]), ("Cast", ["y"]),
+        ("Identity", ["y/fp32"])]
 
 
 def test_unknown_precision_is_refused(checked):

@@ -46,7 +46,7 @@ def test_fold_batchnorm(checked):
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_precision(checked, precision):
-    new = unchanged(lambda m: convert(m, precision, layer_fp32_rule(checked)), lower(checked))
+    new, _ = unchanged(lambda m: convert(m, precision, layer_fp32_rule(checked)), lower(checked))
     assert new.graph.initializer[0].data_type != lower(checked).graph.initializer[0].data_type
 
 

@@ -89,8 +89,8 @@ def _export(checked: CheckedGraph, spec_text: str, opts: ExportOptions, stream: 
     if opts.precision != "fp32":
         from .precision import convert, layer_fp32_rule
 
-        model = convert(model, opts.precision, layer_fp32_rule(checked))
-        notes.append(f"{opts.precision} weights; ops without a {opts.precision} CPU kernel run in fp32")
+        model, report = convert(model, opts.precision, layer_fp32_rule(checked))
+        notes.append(report.line())
     if opts.quantize:
         from .quantize import calibration_data, quantize_int8
 

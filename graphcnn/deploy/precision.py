@@ -1,16 +1,20 @@
 """Reduced-precision export (fp16, bf16) that still runs on onnxruntime's CPU provider.
 
-Every float value gets a precision: a node runs in the low precision when the target provider
-has a kernel for it there (probed once per op signature with a one-node model) and its layer
-does not keep it in fp32 (Layer.fp32_ops: normalisation statistics, softmax, NMS); otherwise
-it runs in fp32.
+Every float value gets a precision. A node runs in the low precision when the target provider
+computes it there itself (runtime/half_kernels.py: a one-node probe, once per op signature, that
+does not count onnxruntime's CPU emulation, fp16 nodes it runs in fp32 behind casts of its own)
+and its layer does not keep it in fp32 (Layer.fp32_ops: normalisation statistics, softmax,
+NMS), and then only where that saves casts: a conv, conv-transpose, matmul or gemm whenever
+the provider has its kernel, any other op only when a value it reads is already low. So no op
+gets casts on both sides just to move or compare values in half, and a provider with no half
+conv (x86 CPUs) computes the whole model in fp32, with no cast but the weights'.
 Casts are inserted where the two meet. Weights are stored in the low precision either way (a
 Cast restores fp32 where needed), so the file shrinks by half even where compute stays fp32.
 Model inputs and outputs stay fp32, so callers feed and read the same arrays as before.
+convert's report says how much runs in the low precision.
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -20,6 +24,8 @@ from onnx import TensorProto, helper, numpy_helper
 from ..graph import CheckedGraph
 from ..layers.base import FP32_ALL
 from ..lower.save import without_initializers
+from ..runtime import half_kernels
+from ..runtime.half_kernels import HEAVY, PrecisionReport
 
 LOW = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
 StaysFp32 = Callable[[onnx.NodeProto], bool]
@@ -47,80 +53,44 @@ def _owner(name: str, ids) -> str | None:
 
 
 def convert(model: onnx.ModelProto, precision: str, stays_fp32: StaysFp32,
-            provider: str = "cpu") -> onnx.ModelProto:
-    """A new model in `precision` (the argument is left as it was)."""
+            provider: str = "cpu") -> tuple[onnx.ModelProto, PrecisionReport]:
+    """A new model in `precision` for `provider` (the argument is left as it was), and the
+    report of how much of it runs in that precision."""
     if precision == "fp32":
-        return model
-    low = LOW[precision]
-    floats = _float_values(model.graph)
-    low_nodes = [not stays_fp32(n) and _runs_low(n, floats, low, provider, model)
-                 for n in model.graph.node]
+        return model, PrecisionReport("fp32", provider, of="model")
+    low, types = LOW[precision], half_kernels.value_types(model)
+    probe = _Probe(low, types, half_kernels.provider_name(provider),
+                   half_kernels.default_opset(model))
     new = without_initializers(model)
     graph = new.graph
-    low_nodes = {id(n) for n, runs_low in zip(graph.node, low_nodes) if runs_low}
     _store_weights_low(model.graph, graph, low)
+    floats = {name for name, (elem, _) in types.items() if elem == TensorProto.FLOAT}
     converter = _CastInserter(graph, low, floats)
-    for node in list(graph.node):
-        converter.place(node, id(node) in low_nodes)
+    placed = []
+    for source, node in zip(model.graph.node, list(graph.node)):
+        runs_low = not stays_fp32(source) and probe.runs_low(source, converter)
+        converter.place(node, runs_low)
+        placed.append((source, runs_low))
     converter.fix_outputs()
     del graph.value_info[:]
-    return new
+    return new, half_kernels.report(placed, types, precision, provider, "model")
 
 
-def _float_values(graph) -> set[str]:
-    """Names of float tensors: inputs, float initializers and outputs of float-producing nodes."""
-    floats = {i.name for i in graph.input if i.type.tensor_type.elem_type == TensorProto.FLOAT}
-    floats |= {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT}
-    floats |= {v.name for v in list(graph.value_info) + list(graph.output)
-               if v.type.tensor_type.elem_type == TensorProto.FLOAT}
-    return floats
+class _Probe:
+    """Whether a node of the fp32 model runs low (the module's rules, after the layer's)."""
 
+    def __init__(self, low: int, types: dict, provider: str, opset: int):
+        self.low, self.types, self.provider, self.opset = low, types, provider, opset
 
-def _runs_low(node, floats, low, provider, model) -> bool:
-    if not any(i in floats for i in node.input):
-        return False
-    ranks = tuple(_rank(model.graph, i) for i in node.input)
-    kinds = tuple(i in floats for i in node.input)
-    attrs = tuple(sorted((a.name, str(helper.get_attribute_value(a))) for a in node.attribute))
-    return _has_kernel(node.op_type, attrs, ranks, kinds, len(node.output), low, provider,
-                       model.opset_import[0].version)
-
-
-def _rank(graph, name: str) -> int:
-    for v in list(graph.input) + list(graph.value_info) + list(graph.output):
-        if v.name == name:
-            return len(v.type.tensor_type.shape.dim)
-    for t in graph.initializer:
-        if t.name == name:
-            return len(t.dims)
-    return 4
-
-
-@functools.lru_cache(maxsize=None)
-def _has_kernel(op, attrs, ranks, kinds, n_out, low, provider, opset) -> bool:
-    """Can the provider create a session for this one node with low-precision floats?"""
-    from ..runtime import session
-
-    inputs = [helper.make_tensor_value_info(f"i{k}", low if f else TensorProto.INT64, [None] * r)
-              for k, (r, f) in enumerate(zip(ranks, kinds))]
-    outputs = [helper.make_tensor_value_info(f"o{k}", TensorProto.UNDEFINED, None) for k in range(n_out)]
-    node = helper.make_node(op, [i.name for i in inputs], [o.name for o in outputs],
-                            **{k: _attr_value(v) for k, v in attrs})
-    model = helper.make_model(helper.make_graph([node], "probe", inputs, outputs),
-                              opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
-    try:
-        session(model, provider)
-        return True
-    except Exception:  # noqa: BLE001 - any refusal means "no kernel"
-        return False
-
-
-def _attr_value(text: str):
-    import ast
-
-    value = ast.literal_eval(text) if text[:1] in "[-0123456789" else text
-    return value.decode() if isinstance(value, bytes) else value
+    def runs_low(self, node, converter: "_CastInserter") -> bool:
+        if node.op_type == "Cast":
+            return False  # its result's type is its `to`, whatever it reads
+        if node.op_type not in HEAVY and not converter.reads_low(node):
+            return False  # it would need casts on both sides to run low
+        if not all(o in self.types for o in node.output):
+            return False  # onnx could not type a result: its consumers would not know to cast
+        sig = half_kernels.signature(node, self.types, self.low)
+        return half_kernels.has_kernel(sig, self.low, self.provider, self.opset)
 
 
 def _store_weights_low(source, target, low: int) -> None:
@@ -145,10 +115,17 @@ class _CastInserter:
 
     def __init__(self, graph, low: int, floats: set[str]):
         self.graph, self.low, self.floats = graph, low, floats
-        self.precision = {i.name: TensorProto.FLOAT for i in graph.input}
-        self.precision.update({t.name: low for t in graph.initializer if t.data_type == low})
+        self.precision = {i.name: TensorProto.FLOAT for i in graph.input if i.name in floats}
+        self.weights = {t.name for t in graph.initializer if t.data_type == low}
+        self.precision.update(dict.fromkeys(self.weights, low))
         self.casts: dict[tuple[str, int], str] = {}
         self.new_nodes: list = []
+
+    def reads_low(self, node) -> bool:
+        """Does the node read a low value other than a stored weight? (Casting a weight is
+        cheap; casting an activation there and back is not.)"""
+        return any(self.precision.get(i) == self.low and i not in self.weights
+                   for i in node.input)
 
     def place(self, node, run_low: bool) -> None:
         want = self.low if run_low else TensorProto.FLOAT

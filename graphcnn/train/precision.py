@@ -15,20 +15,15 @@ other value stays fp32. The rules follow torch.autocast:
   fp32 masters (cast to half where a half op reads them, once per tensor), gradients come back
   to fp32 before the update, and every carried tensor goes in and out as fp32.
 
-Whether the provider has a kernel is asked of onnxruntime itself: a one-node model of the op in
-that type is handed to a session on that provider alone (no CPU fallback), once per op
-signature and provider, and only a kernel that computes in half counts: onnxruntime's CPU
-provider runs an fp16 node it has no kernel for in fp32 behind casts of its own (kernel_kind),
-which with onnxruntime 1.32 on an AVX2 x86 CPU is every fp16 conv, matmul and arithmetic op,
-and it has bf16 kernels for data movement only. So there both fp16 and bf16 steps compute in
-fp32 (fp16 still scales the loss); the report (PrecisionReport.line) says how much of the
+Whether the provider has a kernel is asked of onnxruntime itself (runtime/half_kernels.py, the
+probe `graphcnn compile --precision` uses too), and only a kernel that computes in half counts:
+onnxruntime's CPU provider runs the fp16 nodes it has no kernel for in fp32 behind casts of its
+own, which with onnxruntime 1.32 on an AVX2 x86 CPU is every fp16 conv, matmul and arithmetic
+op, and it has bf16 kernels for data movement only. So there both fp16 and bf16 steps compute
+in fp32 (fp16 still scales the loss); the report (PrecisionReport.line) says how much of the
 step's multiply-adds ran in half, and CUDA runs both.
 """
 from __future__ import annotations
-
-import functools
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -36,11 +31,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import CompileError
 from ..graph import CheckedGraph
-from ..lower.inference import weightless_copy
+from ..runtime import half_kernels
+from ..runtime.half_kernels import HEAVY, PrecisionReport
+
+__all__ = ["PRECISIONS", "HALF", "PrecisionReport", "check_precision", "to_half"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 HALF = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
-HEAVY = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 # torch.autocast's fp32 list, in ONNX ops, and the normalisations
 FP32_OPS = frozenset({
     "ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSum",
@@ -64,37 +61,6 @@ def check_precision(precision: str) -> None:
                            received=str(precision))
 
 
-@dataclass(frozen=True)
-class PrecisionReport:
-    """What ran in half: multiply-adds of the heavy ops, and float ops by count."""
-
-    precision: str
-    provider: str
-    half_macs: int = 0
-    total_macs: int = 0
-    half_ops: int = 0
-    float_ops: int = 0
-
-    @property
-    def share(self) -> float:
-        return self.half_macs / self.total_macs if self.total_macs else 0.0
-
-    def line(self) -> str:
-        if self.precision == "fp32":
-            return "precision fp32"
-        text = (f"precision {self.precision} on the {self.provider} provider: {self.share:.0%} "
-                f"of the step's conv/matmul multiply-adds and {self.half_ops} of "
-                f"{self.float_ops} float ops ran in {self.precision}; weights, optimizer state, "
-                "batchnorm statistics and the loss in fp32")
-        if self.half_macs == 0:
-            text += f" (the {self.provider} provider computes none of them in " \
-                    f"{self.precision} itself: the step runs in fp32)"
-        elif self.share < 0.5:
-            text += f" (the {self.provider} provider lacks most {self.precision} kernels: " \
-                    "this is mostly fp32)"
-        return text
-
-
 def to_half(model: onnx.ModelProto, checked: CheckedGraph, precision: str,
             provider: str = "cpu") -> tuple[onnx.ModelProto, PrecisionReport]:
     """The fp32 step `model` with its layers' compute in `precision` where `provider` runs it,
@@ -102,13 +68,15 @@ def to_half(model: onnx.ModelProto, checked: CheckedGraph, precision: str,
     check_precision(precision)
     if precision == "fp32":
         return model, PrecisionReport("fp32", provider)
-    types, full = value_types(model), provider_name(provider)
+    types = half_kernels.value_types(model)
+    full = half_kernels.provider_name(provider)
     rewriter = Rewriter(model, HALF[precision], types)
     keeps_fp32 = {n.id: bool(n.layer.fp32_ops) for n in checked.nodes}  # by layer id
-    opset = model.opset_import[0].version
+    opset = half_kernels.default_opset(model)
     for node in model.graph.node:
         rewriter.place(node, runs_half(node, rewriter, keeps_fp32, full, opset))
-    return rewriter.model(), report(rewriter, precision, provider)
+    report = half_kernels.report(rewriter.placed, types, precision, provider, "step")
+    return rewriter.model(), report
 
 
 def runs_half(node, rw: "Rewriter", keeps_fp32: dict[str, bool], provider: str,
@@ -122,26 +90,8 @@ def runs_half(node, rw: "Rewriter", keeps_fp32: dict[str, bool], provider: str,
         return False
     if not all(o in rw.types for o in node.output):
         return False  # onnx could not type a result: its consumers would not know to cast
-    return has_kernel(rw.signature(node), rw.half, provider, opset)
-
-
-def provider_name(provider: str) -> str:
-    """onnxruntime's name of the provider (a RunError when this onnxruntime lacks it)."""
-    from ..runtime.sessions import resolve_provider
-
-    return resolve_provider(provider)[0]
-
-
-def value_types(model: onnx.ModelProto) -> dict[str, tuple[int, tuple[int, ...]]]:
-    """Element type and dims (0 where unknown) of every value onnx's shape inference types."""
-    typed = onnx.shape_inference.infer_shapes(weightless_copy(model))
-    graph, found = typed.graph, {}
-    for v in list(graph.input) + list(graph.value_info) + list(graph.output):
-        t = v.type.tensor_type
-        found[v.name] = (t.elem_type, tuple(d.dim_value for d in t.shape.dim))
-    for t in model.graph.initializer:
-        found[t.name] = (t.data_type, tuple(t.dims))
-    return found
+    return half_kernels.has_kernel(half_kernels.signature(node, rw.types, rw.half), rw.half,
+                                   provider, opset)
 
 
 class Rewriter:
@@ -159,19 +109,13 @@ class Rewriter:
         self.nodes: list[onnx.NodeProto] = []
         self.extra: list[onnx.TensorProto] = []
         self.placed: list[tuple[onnx.NodeProto, bool]] = []  # the step's nodes, in half or not
+        self.bypassed: set[str] = set()  # results of existing Casts that a new Cast skips
 
     def is_float(self, name: str) -> bool:
         return self.dtype.get(name) in (TensorProto.FLOAT, self.half)
 
     def reads_half(self, node) -> bool:
         return any(self.dtype.get(i) == self.half for i in node.input)
-
-    def signature(self, node) -> tuple:
-        """The node's op, attributes and its inputs' (type once in half, rank): the probe key."""
-        ins = tuple((self.half if self.is_float(i) else self.types.get(i, (0, ()))[0],
-                     len(self.types.get(i, (0, ()))[1])) if i else None for i in node.input)
-        attrs = tuple(sorted((a.name, repr(helper.get_attribute_value(a))) for a in node.attribute))
-        return node.op_type, attrs, ins, len(node.output)
 
     def place(self, node, half: bool) -> None:
         new = onnx.NodeProto()
@@ -204,17 +148,16 @@ class Rewriter:
     def cast_source(self, name: str) -> str:
         made = self.made_by.get(name)
         if made is not None and made.op_type == "Cast" and not self.is_float(made.input[0]):
+            self.bypassed.add(name)
             return made.input[0]
         return name
 
     def model(self) -> onnx.ModelProto:
-        from .step import prune  # drops an existing Cast the folded casts bypass
-
         out = onnx.ModelProto()
         out.CopyFrom(self.source)
         graph = out.graph
         del graph.node[:]
-        graph.node.extend(prune(self.nodes, [o.name for o in graph.output]))
+        graph.node.extend(self.live_nodes([o.name for o in graph.output]))
         used = {i for n in graph.node for i in n.input}
         kept = [t for t in graph.initializer if t.name in used] + \
             [t for t in self.extra if t.name in used]
@@ -223,6 +166,14 @@ class Rewriter:
         for out_info in graph.output:  # every output is fp32: the outputs region runs fp32
             assert self.dtype.get(out_info.name, TensorProto.FLOAT) != self.half, out_info.name
         return out
+
+    def live_nodes(self, outputs: list[str]) -> list[onnx.NodeProto]:
+        """The nodes without the existing Casts that new Casts bypassed and nothing else
+        reads (the step came pruned, so they are the only nodes the rewrite leaves dead; their
+        sources stay read by the new Casts, so no other node dies with them)."""
+        read = {i for n in self.nodes for i in n.input} | set(outputs)
+        return [n for n in self.nodes
+                if not (n.output and n.output[0] in self.bypassed and n.output[0] not in read)]
 
 
 def half_array(values: np.ndarray, to: int) -> np.ndarray:
@@ -233,93 +184,3 @@ def half_array(values: np.ndarray, to: int) -> np.ndarray:
     import ml_dtypes
 
     return values.astype(ml_dtypes.bfloat16)
-
-
-def has_kernel(signature: tuple, half: int, provider: str, opset: int) -> bool:
-    """Does `provider` compute this node in half itself (a native kernel)?"""
-    return kernel_kind(signature, half, provider, opset) == "native"
-
-
-@functools.lru_cache(maxsize=None)
-def kernel_kind(signature: tuple, half: int, provider: str, opset: int) -> str:
-    """'native', 'emulated' or 'none': how `provider` alone (no CPU fallback) runs this one
-    node in half. onnxruntime's CPU provider accepts fp16 nodes it has no kernel for by
-    wrapping them in Casts to fp32 (its InsertCastTransformer), and its optimizer then drops
-    the casts between such nodes, so the values stay fp32: 'emulated', seen as a Cast to fp32
-    in the probe's optimized graph (with onnxruntime 1.32 on an AVX2 CPU every fp16 conv,
-    matmul and arithmetic op is; bf16 nodes without a kernel are refused outright)."""
-    import tempfile
-
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # a refusal is an answer here, not an error to show
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    if provider != "CPUExecutionProvider":
-        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    with tempfile.TemporaryDirectory(prefix="graphcnn-probe-") as folder:
-        options.optimized_model_filepath = str(Path(folder) / "probe.onnx")
-        try:  # an attribute the probe cannot rebuild (a tensor) counts as a refusal too
-            ort.InferenceSession(probe_model(signature, opset).SerializeToString(), options,
-                                 providers=[provider])
-        except Exception:  # noqa: BLE001 - any refusal means "no kernel"
-            return "none"
-        optimized = onnx.load(options.optimized_model_filepath)
-    to_fp32 = any(n.op_type == "Cast" and helper.get_attribute_value(n.attribute[0]) ==
-                  TensorProto.FLOAT for n in optimized.graph.node)
-    return "emulated" if to_fp32 else "native"
-
-
-def probe_model(signature: tuple, opset: int) -> onnx.ModelProto:
-    """A model of the one node `signature` describes, its inputs of any shape."""
-    op, attrs, ins, n_out = signature
-    inputs = [helper.make_tensor_value_info(f"i{k}", t, [None] * rank)
-              for k, (t, rank) in enumerate(i for i in ins if i is not None)]
-    names = iter(i.name for i in inputs)
-    node = helper.make_node(op, [next(names) if i is not None else "" for i in ins],
-                            [f"o{k}" for k in range(n_out)],
-                            **{name: literal(text) for name, text in attrs})
-    outputs = [onnx.ValueInfoProto(name=f"o{k}") for k in range(n_out)]  # typed by onnxruntime
-    model = helper.make_model(helper.make_graph([node], "probe", inputs, outputs),
-                              opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
-    return model
-
-
-def literal(text: str):
-    """An attribute value back from its repr (ints, floats, lists, bytes)."""
-    import ast
-
-    value = ast.literal_eval(text)
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def report(rw: "Rewriter", precision: str, provider: str) -> PrecisionReport:
-    """Multiply-adds of the heavy ops (shapes from the fp32 step) in half and in all, and the
-    float ops (of the fp32 step: casts the rewrite added not counted) in half and in all."""
-    half_macs = total_macs = half_ops = float_ops = 0
-    for node, half in rw.placed:
-        float_ops += any(rw.types.get(v, (0,))[0] == TensorProto.FLOAT
-                         for v in [*node.input, *node.output])
-        half_ops += half
-        if node.op_type in HEAVY:
-            macs = multiply_adds(node, rw.types)
-            total_macs += macs
-            half_macs += macs if half else 0
-    return PrecisionReport(precision, provider, half_macs, total_macs, half_ops, float_ops)
-
-
-def multiply_adds(node, types: dict) -> int:
-    """A conv/matmul/gemm's multiply-adds from the fp32 step's shapes (1 where unknown)."""
-    shape = lambda name: types.get(name, (0, ()))[1]  # noqa: E731
-    out, x, w = shape(node.output[0]), shape(node.input[0]), shape(node.input[1])
-    if node.op_type == "ConvTranspose":  # each input element reaches Cout/groups * kernel outputs
-        size = int(np.prod(x)) * int(np.prod(w[1:]))
-    elif node.op_type == "Conv":
-        size = int(np.prod(out)) * int(np.prod(w[1:]))
-    elif node.op_type == "Gemm":
-        trans = any(a.name == "transA" and a.i for a in node.attribute)
-        size = int(np.prod(out)) * (x[0] if trans else x[-1]) if x else 0
-    else:
-        size = int(np.prod(out)) * (x[-1] if x else 0)
-    return max(size, 1)
