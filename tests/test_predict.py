@@ -322,3 +322,21 @@ preprocess: {range: [-1, 1], mean: [0.1, 0.2, 0.3], std: [0.5, 0.6, 0.7], channe
     floats = np.stack([images.normalise(p, recipe) for p in pixels])
     np.testing.assert_allclose(ort_run(folded, {"image": pixels})[0],
                                ort_run(model, {"image": floats})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_run_feeds_uint8_pixels_to_a_folded_model(tmp_path, capsys):
+    """`graphcnn run` on a --fold-preprocess model draws uint8 pixels for its uint8 input
+    (it drew floats, which onnxruntime refused)."""
+    text = """name: px
+inputs: {image: [3, 8, 8]}
+nodes:
+  - {id: conv, op: conv2d, channels: 2, kernel: 3}
+preprocess: {mean: [0.5, 0.5, 0.5], std: [0.2, 0.2, 0.2]}
+"""
+    spec = spec_file(tmp_path, text, "px.yaml")
+    out = tmp_path / "px.onnx"
+    assert main(["compile", str(spec), "--fold-preprocess", "-o", str(out)]) == 0
+    assert onnx.load(str(out)).graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    capsys.readouterr()
+    assert main(["run", str(out)]) == 0
+    assert "conv: shape [1, 2, 6, 6]" in capsys.readouterr().out

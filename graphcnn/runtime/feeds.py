@@ -20,8 +20,15 @@ class RunResult:
     seconds: float
 
 
+# Random values for an input of each element type onnxruntime names: images whose
+# preprocessing was folded into the model (`compile --fold-preprocess`) take uint8 pixels.
+RANDOM_INTS = {"tensor(uint8)": (np.uint8, 0, 256), "tensor(int8)": (np.int8, -128, 128),
+               "tensor(int64)": (np.int64, 0, 2), "tensor(int32)": (np.int32, 0, 2)}
+
+
 def random_inputs(sess, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Standard-normal inputs; symbolic axes get `batch`."""
+    """Standard-normal inputs (uniform integers for an integer input: uint8 pixels over
+    0-255); symbolic axes get `batch`."""
     if batch < 1:
         raise RunError("batch must be at least 1", received=str(batch))
     rng = np.random.default_rng(seed)
@@ -33,8 +40,16 @@ def random_inputs(sess, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
             raise RunError(f"a random input '{inp.name}' of shape {dims} is too large",
                            expected=f"at most {MAX_RANDOM_ELEMENTS:,} elements",
                            hint="give a smaller --batch")
-        feeds[inp.name] = rng.standard_normal(dims).astype(np.float32)
+        feeds[inp.name] = random_values(rng, inp.type, dims)
     return feeds
+
+
+def random_values(rng, onnx_type: str, dims: list[int]) -> np.ndarray:
+    if onnx_type in RANDOM_INTS:
+        kind, low, high = RANDOM_INTS[onnx_type]
+        return rng.integers(low, high, dims).astype(kind)
+    kind = {"tensor(double)": np.float64, "tensor(float16)": np.float16}.get(onnx_type, np.float32)
+    return rng.standard_normal(dims).astype(kind)
 
 
 def dynamic_sizes(sess) -> dict[str, int]:
