@@ -165,7 +165,7 @@ class MaxPoolBase(PoolBase):
     def vjp(self, g, xs, shapes, out, y, dy):
         """Each output's gradient added at its argmax (ScatterElements with add, not MaxUnpool,
         which overwrites where windows overlap). Indices count over the flattened input."""
-        return [scatter_add(g, xs[0], g.kept(PoolIndices).value, dy)], {}
+        return [scatter_add(g, shapes[0], g.kept(PoolIndices).value, dy)], {}
 
 
 def floor_pads(layer, shape, out) -> list[tuple[int, int]]:
@@ -178,12 +178,20 @@ def floor_pads(layer, shape, out) -> list[tuple[int, int]]:
             for L, n, kk, ss, (b, e) in zip(shape[1:], out[1:], k, s, pads)]
 
 
-def scatter_add(g, x: str, indices: str, dy: str) -> str:
-    zeros = g.op("ConstantOfShape", [g.op("Shape", [x])])
-    flat = g.op("Reshape", [zeros, g.ints([-1])])
-    added = g.op("ScatterElements", [flat, g.op("Reshape", [indices, g.ints([-1])]),
-                                     g.op("Reshape", [dy, g.ints([-1])])], axis=0, reduction="add")
-    return g.op("Reshape", [added, g.op("Shape", [x])])
+def scatter_add(g, shape, indices: str, dy: str) -> str:
+    """dY added at the flat indices into zeros shaped [N, *shape]. The zeros are dY's first
+    element times 0, expanded: zeros of a fixed shape (ConstantOfShape) are what onnxruntime
+    folds into a constant the size of the pool's input, which each session of the step then
+    holds (16 MiB for ResNet-18's stem at 64x64, batch 64: docs/benchmarks.md, Training
+    memory); taken from dY, they also have its element type (a NaN or inf there spreads to
+    the whole input gradient, in a step whose gradients hold one anyway)."""
+    flat_dy = g.op("Reshape", [dy, g.ints([-1])])
+    zero = g.op("Mul", [g.op("Slice", [flat_dy, g.ints([0]), g.ints([1])]), g.scalar(0.0)])
+    rows = g.op("Slice", [g.op("Shape", [dy]), g.ints([0]), g.ints([1])])
+    zeros = g.op("Expand", [zero, g.op("Mul", [rows, g.ints([product(shape)])])])
+    added = g.op("ScatterElements", [zeros, g.op("Reshape", [indices, g.ints([-1])]), flat_dy],
+                 axis=0, reduction="add")
+    return g.op("Reshape", [added, g.ints([-1, *shape])])
 
 
 class AvgPoolBase(PoolBase):
