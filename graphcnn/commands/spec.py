@@ -45,11 +45,23 @@ def cmd_summary(args) -> int:
     from ..summary import as_json, render
 
     checked = check_spec(args.spec, limits(args))
+    batch, training = args.batch, None
+    if args.training:
+        from ..train.memory import training_memory
+
+        batch = batch or default_batch(checked)
+        training = training_memory(checked, batch)
     if args.json:
-        print_json(as_json(checked, batch=args.batch, by_op=args.by_op))
+        print_json(as_json(checked, batch=batch, by_op=args.by_op, training=training))
     else:
-        out(render(checked, depth=args.depth, batch=args.batch, by_op=args.by_op))
+        out(render(checked, depth=args.depth, batch=batch, by_op=args.by_op, training=training))
     return 0
+
+
+def default_batch(checked) -> int:
+    """The spec's `training: batch`, else 1."""
+    section = getattr(checked.spec, "training", None)
+    return section.batch if section is not None else 1
 
 
 @configure(cmd_summary)
@@ -61,3 +73,8 @@ def _summary_args(p):
                    help="add activation memory per layer at batch B, the peak of an inference "
                         "pass, weight bytes per precision and FLOPs (2 x MACs)")
     p.add_argument("--by-op", action="store_true", help="one row per op type: totals")
+    p.add_argument("--training", action="store_true",
+                   help="add the training step's memory at batch B (default: the spec's "
+                        "training batch, else 1): forward bytes each layer keeps for the "
+                        "backward pass, parameters, gradients, optimizer state and the "
+                        "step's predicted peak")
