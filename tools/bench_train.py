@@ -2,11 +2,18 @@
 network in PyTorch eager (CPU), both with the same optimizer, in one run.
 
     python tools/bench_train.py [--steps N] [--threads T] [--optimizer sgd|adam] [--provider cpu|cuda]
+                                [--precision fp32|fp16|bf16] [--cases a,b] [--no-compile] [--no-memory]
     python tools/bench_train.py --images [--steps N] [--rounds R] [--workers W] [--threads T]
                                 [--spinning never|during-run]
 
-Networks: the MNIST-1D CNN (specs/mnist1d_cnn.yaml, batch 100) and a small ResNet on 3x32x32
-(batch 64; below). The PyTorch column is left out when torch is not installed. Each number is
+Networks: the MNIST-1D CNN (specs/mnist1d_cnn.yaml, batch 100), a small ResNet on 3x32x32
+(batch 64; below) and ResNet-18 at 64x64 with 10 classes (specs/resnet18.yaml against
+torchvision's resnet18, batch 64; `--cases` picks). The PyTorch column is left out when torch
+is not installed. On the CPU a second alternation times torch.compile (inductor) of the same
+step against graphcnn's (reported, not a target; `--no-compile` skips its minutes of
+compiling); `--precision fp16|bf16` times graphcnn's mixed precision against torch.autocast
+(with a GradScaler for fp16). After the times, the peak memory of each network's step, graphcnn's
+and PyTorch's, each measured in a fresh process (tools/train_memory.py; `--no-memory` skips). Each number is
 the median over seven timed rounds after warm-up steps, the two libraries' rounds
 alternating; the ratio is graphcnn's time over PyTorch's. On the CPU provider graphcnn's convs
 run in onnxruntime's NCHWc layout (graphcnn/runtime/blocked.py); `GRAPHCNN_NCHWC=0` times the
@@ -427,6 +434,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="graphcnn's --precision against PyTorch's autocast (+ GradScaler)")
     parser.add_argument("--cases", default=None, help="comma-separated: mnist1d_cnn, "
                         "small_resnet, resnet18_64 (default: all)")
+    parser.add_argument("--no-memory", dest="memory", action="store_false",
+                        help="leave out the peak-memory table (tools/train_memory.py)")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="leave out the torch.compile column (its compilation takes minutes)")
     args = parser.parse_args(argv)
@@ -459,14 +468,21 @@ def main(argv: list[str] | None = None) -> None:
             made = models[name]
             fns += [torch_step(made() if name == "resnet18_64" else made, x, y, args.optimizer,
                                args.threads, args.provider, precision=args.precision)]
-            if compiled:
-                fns += [torch_step(made() if name == "resnet18_64" else copy.deepcopy(made), x, y,
-                                   args.optimizer, args.threads, args.provider, compile=True)]
         ours, *theirs = alternated(fns, steps)
         cells = f"{theirs[0]:.2f} | {ours / theirs[0]:.2f}" if theirs else "not installed | -"
-        if compiled:
-            cells += f" | {theirs[1]:.2f} | {ours / theirs[1]:.2f}"
+        if compiled:  # a second alternation: inductor's kernels bring their own OpenMP threads
+            fns[1:] = [torch_step(made() if name == "resnet18_64" else copy.deepcopy(made), x, y,
+                                  args.optimizer, args.threads, args.provider, compile=True)]
+            again, theirs = alternated(fns, steps)
+            cells += f" | {theirs:.2f} | {again / theirs:.2f}"
         print(f"| {name} | {batch} | {ours:.2f} | {cells} |", flush=True)
+    if args.memory and args.precision == "fp32":
+        import train_memory  # a sibling script: tools/ is the script's own folder
+
+        print(f"\nPeak memory of a training step ({train_memory.STEPS} steps, each side in a "
+              "fresh process; tools/train_memory.py):\n", flush=True)
+        print(train_memory.table(list(cases), 1, train_memory.STEPS, args.threads,
+                                 args.optimizer, args.provider))
 
 if __name__ == "__main__":
     main()

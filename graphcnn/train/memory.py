@@ -44,7 +44,7 @@ SHAPE_ONLY = {"Shape", "Size"}  # read no data: onnxruntime folds them (every sh
 # activations; not Add, Mul and the other elementwise math (element_wise_ops.cc)
 IN_PLACE = {"Elu", "HardSigmoid", "LeakyRelu", "Relu", "Selu", "Sigmoid", "Softplus", "Softsign",
             "Tanh", "ThresholdedRelu"}
-MEMORY_PATTERN = True  # onnxruntime's memory pattern, on in the step's session (StepRunner)
+MEMORY_PATTERN = False  # StepRunner turns onnxruntime's memory pattern off on the CPU provider
 MOMENTS = (".momentum", ".m", ".v")  # optimizer state names (train/optim.py)
 MIB = 1 << 20
 SESSION_PER_NODE = 5 << 10  # bytes per ONNX node of the step (see the module docstring)
