@@ -339,11 +339,13 @@ def test_network_against_torch():
 
 
 @pytest.mark.parametrize("shape,groups", [([4, 1, 2], 1), ([4, 1, 1], 2), ([2, 2, 1], 1)])
-def test_conv2d_weight_gradient_over_few_positions(shape, groups):
-    """Few output positions and many channels: the weight gradient is one GEMM over batch
-    and positions together (layers/conv.py FEW_POSITIONS), against torch autograd."""
+def test_conv2d_weight_gradient_over_few_positions(monkeypatch, shape, groups):
+    """Few output positions and many channels: the unfold's weight gradient is one GEMM over
+    batch and positions together (layers/conv.py FEW_POSITIONS), against torch autograd (the
+    unfold forced: a 2-D conv this small otherwise takes the conv form)."""
     from graphcnn.layers.conv import FEW_POSITIONS
 
+    monkeypatch.setenv("GRAPHCNN_WEIGHT_GRAD", "unfold")
     torch = pytest.importorskip("torch")
     assert shape[1] * shape[2] * FEW_POSITIONS <= 16 // groups  # the path under test
     nodes = [{"id": "c", "op": "conv2d", "channels": 16, "kernel": 3, "padding": 1,

@@ -185,21 +185,24 @@ def conv_input_grad(g, dy: str, w: str, shape: Shape, out: Shape, geometry, pads
 
 
 def flipped_kernel(g, w: str, c_in: int, c_out: int, k, groups: int) -> str:
-    """[C_out, C_in/g, *k] -> [C_in, C_out/g, *k] per group, every spatial axis reversed."""
-    dims = len(k)
-    per_group = g.op("Reshape", [w, g.ints([groups, c_out // groups, c_in // groups, *k])])
-    swapped = g.op("Transpose", [per_group], perm=[0, 2, 1, *range(3, dims + 3)])
-    w_t = g.op("Reshape", [swapped, g.ints([c_in, c_out // groups, *k])])
-    axes = list(range(2, dims + 2))
-    return g.op("Slice", [w_t, g.ints([-1] * dims), g.ints([-2 ** 63] * dims), g.ints(axes),
-                          g.ints([-1] * dims)])
+    """[C_out, C_in/g, *k] -> [C_in, C_out/g, *k] per group, every spatial axis reversed. The
+    reversal is a MatMul of the taps by the exchange matrix (exact: each output is one weight
+    times 1 plus zeros): onnxruntime's Slice with step -1 copies element by element (11 ms
+    for a [512, 512, 3, 3] filter, against about 1 ms)."""
+    taps = product(k)
+    per_group = g.op("Reshape", [w, g.ints([groups, c_out // groups, c_in // groups, taps])])
+    swapped = g.op("Transpose", [per_group], perm=[0, 2, 1, 3])
+    if taps > 1:
+        exchange = g.array(f"exchange{taps}", np.eye(taps, dtype=np.float32)[::-1].copy())
+        swapped = g.op("MatMul", [swapped, exchange])
+    return g.op("Reshape", [swapped, g.ints([c_in, c_out // groups, *k])])
 
 
 def conv_weight_grad(g, x: str, dy: str, shape: Shape, out: Shape, geometry, pads, groups):
     """dW[o, i, t] = sum over batch and positions p of dY[n, o, p] * X[n, i, p*s + t*d - pad]:
     X unfolded into its patches, then per group the weight-gradient GEMM
     [C_in/g * taps, P] x [P, C_out/g] (batched over the samples, then summed)."""
-    if groups == 1 and weight_grad_form(g) == "conv":
+    if groups == 1 and weight_grad_form(g, out) == "conv":
         return weight_grad_by_conv(g, x, dy, shape, out, geometry, pads)
     k = geometry[0]
     taps, positions, c_in, c_out = product(k), product(out[1:]), shape[0], out[0]
@@ -215,14 +218,24 @@ def conv_weight_grad(g, x: str, dy: str, shape: Shape, out: Shape, geometry, pad
     return g.op("Reshape", [weight, g.ints([c_out, c_in // groups, *k])])
 
 
-def weight_grad_form(g) -> str:
-    """"unfold" (unfold + GEMM, measured fastest on the CPU provider), or "conv" when
-    GRAPHCNN_WEIGHT_GRAD=conv says so: the form meant for CUDA, where cuDNN convolves directly
-    and the unfold writes nine times the input. Which one the CUDA step should use by default
-    waits for a measurement on a GPU (docs/cuda.md); until then both providers get the unfold."""
+def weight_grad_form(g, out: Shape) -> str:
+    """"conv" (one Conv with the batch as channels, weight_grad_by_conv) for a 2-D conv with
+    at most SMALL_IMAGE output positions, else "unfold" (unfold + GEMM); GRAPHCNN_WEIGHT_GRAD
+    (conv or unfold) forces one, to measure. On the CPU the conv runs in NCHWc (the step's
+    convs are blocked, runtime/blocked.py); against the unfold, isolated, batch 64, 3x3 (ms,
+    2 threads): 512 channels at 2x2 16.0 against 36.3, 256 at 4x4 18.9 against 24.8, but 128 at
+    8x8 22.5 against 19.4 and 16 at 32x32 15.4 against 12.6. On CUDA, where cuDNN convolves
+    directly and the unfold writes nine times the input, the conv may win everywhere: that
+    waits for a measurement on a GPU (docs/cuda.md), and both providers get the same rule."""
     import os
 
-    return "conv" if os.environ.get("GRAPHCNN_WEIGHT_GRAD") == "conv" else "unfold"
+    forced = os.environ.get("GRAPHCNN_WEIGHT_GRAD")
+    if forced in ("conv", "unfold"):
+        return forced
+    return "conv" if len(out) == 3 and product(out[1:]) <= SMALL_IMAGE else "unfold"
+
+
+SMALL_IMAGE = 16  # output positions (4x4) up to which a 2-D weight gradient is one Conv
 
 
 def weight_grad_by_conv(g, x: str, dy: str, shape: Shape, out: Shape, geometry, pads) -> str:
