@@ -12,6 +12,7 @@ product C(w)x of the chapter (and equals a product of Fourier transforms).
 """
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from typing import ClassVar, Literal
 
@@ -201,7 +202,9 @@ def flipped_kernel(g, w: str, c_in: int, c_out: int, k, groups: int) -> str:
 def conv_weight_grad(g, x: str, dy: str, shape: Shape, out: Shape, geometry, pads, groups):
     """dW[o, i, t] = sum over batch and positions p of dY[n, o, p] * X[n, i, p*s + t*d - pad]:
     X unfolded into its patches, then per group the weight-gradient GEMM
-    [C_in/g * taps, P] x [P, C_out/g] (batched over the samples, then summed)."""
+    [C_in/g * taps, P] x [P, C_out/g] (batched over the samples, then summed; one GEMM over
+    batch and positions where positions are few); a small 2-D image's is one Conv instead
+    (weight_grad_form)."""
     if groups == 1 and weight_grad_form(g, out) == "conv":
         return weight_grad_by_conv(g, x, dy, shape, out, geometry, pads)
     k = geometry[0]
@@ -227,8 +230,6 @@ def weight_grad_form(g, out: Shape) -> str:
     8x8 22.5 against 19.4 and 16 at 32x32 15.4 against 12.6. On CUDA, where cuDNN convolves
     directly and the unfold writes nine times the input, the conv may win everywhere: that
     waits for a measurement on a GPU (docs/cuda.md), and both providers get the same rule."""
-    import os
-
     forced = os.environ.get("GRAPHCNN_WEIGHT_GRAD")
     if forced in ("conv", "unfold"):
         return forced

@@ -20,7 +20,6 @@ import os
 import numpy as np
 
 SWITCH = "GRAPHCNN_CUDA_GRAPH"
-FEEDS = {"float32": np.float32, "int64": np.int64}
 
 
 def wanted(provider: str) -> bool:
