@@ -31,6 +31,39 @@ def ort_run(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return sess.run(None, feeds)
 
 
+def load_tool(name: str):
+    """tools/NAME.py as a module, registered in sys.modules under its name (a tool's
+    dataclasses look their module up there)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def checked_text(text: str):
+    """The checked graph of a spec given as YAML text."""
+    import graphcnn
+    from graphcnn.spec import NetworkSpec
+
+    return graphcnn.check(NetworkSpec.from_text(text))
+
+
+def summary_output(*args) -> str:
+    """What `graphcnn summary ARGS` prints (it must succeed)."""
+    import contextlib
+    import io
+
+    from graphcnn.cli import main
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert main(["summary", *map(str, args)]) == 0
+    return buffer.getvalue()
+
+
 @pytest.fixture(scope="session")
 def specs_dir() -> Path:
     return SPECS

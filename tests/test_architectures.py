@@ -9,7 +9,6 @@ highway gate = C * C * prod(gate_k) + C per gate (one gate coupled, two learned)
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -22,7 +21,7 @@ import onnx
 import pytest
 
 import graphcnn
-from conftest import ROOT, SPECS, ort_run
+from conftest import ROOT, SPECS, load_tool, ort_run
 from graphcnn.errors import GraphCnnError
 from graphcnn.summary import rows
 
@@ -313,10 +312,7 @@ def cli_summary_text(name: str) -> str:
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("update_goldens", ROOT / "tools" / "update_goldens.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("update_goldens")
 
 
 ALL_SPECS = sorted(p.stem for p in SPECS.glob("*.yaml"))

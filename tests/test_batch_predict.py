@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import load_tool
 from graphcnn import Predictor
 from graphcnn.api import compile_spec
 from graphcnn.cli import main
@@ -218,15 +219,11 @@ def test_too_many_workers_is_an_error():
 
 def test_benchmark_tool_runs_one_local_case(setup, tmp_path):
     """tools/bench_predict.py's pieces on 3 images (a smoke test, not a timing)."""
-    import importlib.util
 
     from PIL import Image
 
     root, _ = setup
-    spec = importlib.util.spec_from_file_location(
-        "bench_predict", os.path.join(os.path.dirname(__file__), "..", "tools", "bench_predict.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_tool("bench_predict")
     folder = bench.write_jpegs(tmp_path / "jpegs", 3)
     files = sorted(folder.glob("*/*.jpg"))
     with Image.open(files[0]) as im:

@@ -1,22 +1,17 @@
 """tools/bench_train.py's folder-of-images case: its flags and its pieces (not a timing)."""
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import load_tool
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "tools" / "bench_train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_train")
 
 
 def test_images_flags_reach_the_image_benchmark(bench, monkeypatch):

@@ -4,17 +4,15 @@ another exception, never a hang. tools/fuzz_specs.py runs thousands on demand; t
 keeps the specs that once broke something."""
 from __future__ import annotations
 
-import importlib.util
 import signal
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("fuzz_specs", ROOT / "tools" / "fuzz_specs.py")
-fuzz = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fuzz)
+from conftest import ROOT, load_tool
+
+fuzz = load_tool("fuzz_specs")
 CORPUS = sorted((Path(__file__).parent / "fuzz_corpus").glob("*.yaml"))
 
 

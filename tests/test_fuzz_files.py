@@ -4,19 +4,15 @@ the file; never another exception, a hang or a big allocation. tools/fuzz_files.
 thousands on demand; this runs a few hundred seeded ones."""
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("fuzz_files", ROOT / "tools" / "fuzz_files.py")
-fuzz = importlib.util.module_from_spec(_spec)
-sys.modules["fuzz_files"] = fuzz  # dataclasses look their module up there
-_spec.loader.exec_module(fuzz)
+from conftest import load_tool
+
+fuzz = load_tool("fuzz_files")
 
 
 @pytest.fixture(scope="module")

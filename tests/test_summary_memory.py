@@ -3,9 +3,6 @@ onnxruntime plans it, weight bytes per precision, FLOPs; the Summary object and 
 display; the prediction against onnxruntime's measured peak; docs/workbench.ipynb executed."""
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
 import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -13,11 +10,9 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import ROOT, SPECS
+from conftest import ROOT, SPECS, checked_text, load_tool, summary_output
 import graphcnn
-from graphcnn.cli import main
 from graphcnn.errors import GraphCnnError
-from graphcnn.spec import NetworkSpec
 from graphcnn.summary import Summary, as_json, op_rows, render
 from graphcnn.summary_memory import fused_into_adds, memory, plan_values, run_order
 
@@ -51,16 +46,6 @@ nodes:
 """
 
 
-def checked_from(text: str):
-    return graphcnn.check(NetworkSpec.from_text(text))
-
-
-def cli_text(*args) -> str:
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        assert main(["summary", *map(str, args)]) == 0
-    return buffer.getvalue()
-
 
 # x [4, 16]: 256 bytes per value. onnxruntime runs c, bn and the add as one conv, which writes
 # the sum into r's buffer (read for the last time there): the block holds a's buffer only;
@@ -79,19 +64,19 @@ nodes:
 
 
 def test_peak_of_a_chain_by_hand():
-    mem = memory(checked_from(CHAIN), 1)
+    mem = memory(checked_text(CHAIN), 1)
     assert mem.values == {"x": 64, "a": 256, "b": 128, "c": 512, "d": 256, "e": 32}
     assert (mem.peak, mem.peak_at, mem.activations) == (992, "c", 1248)
 
 
 def test_in_place_ops_take_over_a_dying_input():
-    mem = memory(checked_from(RESIDUAL), 2)
+    mem = memory(checked_text(RESIDUAL), 2)
     assert (mem.peak, mem.peak_at) == (576, "c")
     assert mem.activations == 128 + 256 + 256 + 128 + 128 + 64
 
 
 def test_conv_and_add_run_as_one():
-    checked = checked_from(FUSED)
+    checked = checked_text(FUSED)
     assert fused_into_adds(checked, run_order(checked)) == {"c": "add", "bn": "add"}
     assert memory(checked, 1).peak == 768
 
@@ -155,17 +140,17 @@ def test_totals_per_op_add_up():
 
 
 def test_cli_batch_adds_a_memory_column_and_footer():
-    text = cli_text(SPECS / "segnet_small.yaml", "--batch", "4")
+    text = summary_output(SPECS / "segnet_small.yaml", "--batch", "4")
     header = next(line for line in text.splitlines() if line.split()[:1] == ["Layer"])
     assert "Memory" in header
     assert "Peak of an inference pass at batch 4" in text
     assert "5.7 MiB, reached at enc3.pool" in text
     assert "Weights: 193.8 KiB fp32, 96.9 KiB fp16, 48.4 KiB int8" in text
-    assert "Memory" not in cli_text(SPECS / "segnet_small.yaml")  # the default table as it was
+    assert "Memory" not in summary_output(SPECS / "segnet_small.yaml")  # the default table as it was
 
 
 def test_cli_by_op_table():
-    text = cli_text(SPECS / "mnist1d_cnn.yaml", "--by-op")
+    text = summary_output(SPECS / "mnist1d_cnn.yaml", "--by-op")
     conv = next(line.split() for line in text.splitlines() if line.startswith(" conv1d"))
     # MACs: 15 x 19 x 3 + 15 x 9 x 45 + 15 x 4 x 45 (outputs x kernel taps x input channels)
     assert conv == ["conv1d", "3", "1,440", "9,630", "19,260"]
@@ -201,10 +186,7 @@ def test_notebook_display_is_the_drawing_or_the_table(monkeypatch):
 
 
 def arena_tool():
-    spec = importlib.util.spec_from_file_location("arena_peak", ROOT / "tools" / "arena_peak.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("arena_peak")
 
 
 # (spec, --set overrides) at batch 2: 1D and 2D residual nets (conv + add fused), U-Net at

@@ -12,25 +12,18 @@ checked without torch in tests/test_weights_import.py.
 """
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 
 import pytest
 
-from conftest import ROOT, SPECS
+from conftest import ROOT, SPECS, load_tool
 
 BIG = 20_000_000  # parameters; above this a check at the spec's own size is marked slow
 TOLERANCE = 1e-5
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("torchvision_check",
-                                                  ROOT / "tools" / "torchvision_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("torchvision_check")
 
 
 tool = _tool()

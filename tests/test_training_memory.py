@@ -3,15 +3,9 @@ keeps per node, read off the built training step; parameters, gradients and opti
 the arena model; the predicted peak against tools/train_memory.py's measurement."""
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
 import json
 
-from conftest import ROOT
-import graphcnn
-from graphcnn.cli import main
-from graphcnn.spec import NetworkSpec
+from conftest import ROOT, checked_text, load_tool, summary_output
 from graphcnn.summary import Summary
 from graphcnn.train.loop import build_step
 from graphcnn.train.memory import MIB, Arena, training_memory
@@ -49,25 +43,15 @@ nodes:
 """
 
 
-def checked_from(text: str):
-    return graphcnn.check(NetworkSpec.from_text(text))
-
-
-def cli_text(*args) -> str:
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        assert main(["summary", *map(str, args)]) == 0
-    return buffer.getvalue()
-
 
 def test_kept_bytes_per_node():
-    t = training_memory(checked_from(CHAIN), 5)
+    t = training_memory(checked_text(CHAIN), 5)
     assert t.kept == {"x": 320, "r": 640}
     assert t.kept_total == 960
 
 
 def test_parameters_gradients_and_optimizer_state():
-    checked = checked_from(CHAIN)
+    checked = checked_text(CHAIN)
     for optimizer, momentum, moments in (("sgd", 0.0, 0), ("sgd", 0.9, 1), ("adam", 0.0, 2)):
         t = training_memory(checked, 5, Recipe(batch=5, optimizer=optimizer, momentum=momentum))
         assert (t.params, t.gradients, t.optimizer_state) == (PARAMS, PARAMS, moments * PARAMS)
@@ -77,7 +61,7 @@ def test_parameters_gradients_and_optimizer_state():
 
 
 def test_batchnorm_statistics_are_carried_not_trained():
-    t = training_memory(checked_from(CNN), 2, Recipe(batch=2))
+    t = training_memory(checked_text(CNN), 2, Recipe(batch=2))
     assert t.statistics == 4 * 2 * (16 + 32)  # running mean and variance
     assert t.peak >= 2 * (t.params + t.statistics) + t.arena
 
@@ -103,18 +87,18 @@ def test_arena_reuses_a_freed_chunk():
 
 def test_max_pool_backward_keeps_no_input_sized_constant():
     """Zeros of a fixed shape were folded by onnxruntime into a constant each session held."""
-    step = build_step(checked_from(CNN), Recipe(batch=4))
+    step = build_step(checked_text(CNN), Recipe(batch=4))
     assert "ConstantOfShape" not in {n.op_type for n in step.model.graph.node}
 
 
 def test_summary_training_columns_and_footer():
     path = ROOT / "specs" / "mnist1d_cnn.yaml"
-    plain, training = cli_text(path), cli_text(path, "--training")
+    plain, training = summary_output(path), summary_output(path, "--training")
     assert "Kept" not in plain and "Training step" not in plain
     assert "Kept" in training.splitlines()[1]
     assert "Training step at batch 100 (adam)" in training  # the spec's training: batch
     assert "Peak of a training step" in training
-    data = json.loads(cli_text(path, "--training", "--json", "--batch", "4"))
+    data = json.loads(summary_output(path, "--training", "--json", "--batch", "4"))
     assert data["training"]["batch"] == 4 and data["memory"]["batch"] == 4
     kept = {n["id"]: n["kept_bytes"] for n in data["nodes"]}
     assert kept["relu_1"] == 4 * 4 * 15 * 19 and kept["conv1"] == 0
@@ -122,7 +106,7 @@ def test_summary_training_columns_and_footer():
 
 
 def test_summary_object_takes_the_training_memory():
-    checked = checked_from(CHAIN)
+    checked = checked_text(CHAIN)
     shown = Summary(checked, batch=5, training=training_memory(checked, 5))
     assert "Kept" in str(shown) and "Kept" in shown._repr_html_()
     assert shown.to_dict()["training"]["kept_bytes"] == 960
@@ -131,16 +115,12 @@ def test_summary_object_takes_the_training_memory():
 def test_summary_training_batch_defaults_to_one_without_a_training_section(tmp_path):
     spec = tmp_path / "chain.yaml"
     spec.write_text(CHAIN.replace("training: {batch: 5, optimizer: adam}\n", ""))
-    data = json.loads(cli_text(spec, "--training", "--json"))
+    data = json.loads(summary_output(spec, "--training", "--json"))
     assert data["training"]["batch"] == 1 and data["training"]["optimizer"] == "sgd"
 
 
 def measuring_tool():
-    path = ROOT / "tools" / "train_memory.py"
-    spec = importlib.util.spec_from_file_location("train_memory", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return load_tool("train_memory")
 
 
 def test_cuda_arenas_are_read_from_onnxruntime_log():

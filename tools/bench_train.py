@@ -145,6 +145,11 @@ def torch_models():
     return {"mnist1d_cnn": cnn, "small_resnet": resnet, "resnet18_64": torchvision_resnet18}
 
 
+def fresh(made):
+    """A new module from torch_models()'s entry: a copy of a module, or what a builder makes."""
+    return copy.deepcopy(made) if hasattr(made, "parameters") else made()
+
+
 def torchvision_resnet18():
     """torchvision's ResNet-18 with 10 classes (built on demand: importing torchvision is slow)."""
     sys.path.insert(0, str(ROOT / "tools"))
@@ -465,14 +470,13 @@ def main(argv: list[str] | None = None) -> None:
                              args.precision)]
         if models is not None:
             x, y = random_batch(checked, batch)
-            made = models[name]
-            fns += [torch_step(made() if name == "resnet18_64" else made, x, y, args.optimizer,
-                               args.threads, args.provider, precision=args.precision)]
+            fns += [torch_step(fresh(models[name]), x, y, args.optimizer, args.threads,
+                               args.provider, precision=args.precision)]
         ours, *theirs = alternated(fns, steps)
         cells = f"{theirs[0]:.2f} | {ours / theirs[0]:.2f}" if theirs else "not installed | -"
         if compiled:  # a second alternation: inductor's kernels bring their own OpenMP threads
-            fns[1:] = [torch_step(made() if name == "resnet18_64" else copy.deepcopy(made), x, y,
-                                  args.optimizer, args.threads, args.provider, compile=True)]
+            fns[1:] = [torch_step(fresh(models[name]), x, y, args.optimizer, args.threads,
+                                  args.provider, compile=True)]
             again, theirs = alternated(fns, steps)
             cells += f" | {theirs:.2f} | {again / theirs:.2f}"
         print(f"| {name} | {batch} | {ours:.2f} | {cells} |", flush=True)

@@ -425,8 +425,7 @@ def torch_model(model):
         return import_torchvision().models.resnet18(num_classes=10)
     import bench_train
 
-    found = bench_train.torch_models()[model]
-    return found if hasattr(found, "parameters") else found()
+    return bench_train.fresh(bench_train.torch_models()[model])
 
 
 class _Nothing:

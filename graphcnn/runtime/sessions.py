@@ -35,6 +35,11 @@ SPINNING_ENTRIES: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
+# onnxruntime's memory pattern in the training step's session on the CPU provider (StepRunner;
+# train/memory.py's prediction assumes the same): off, see session_options
+CPU_STEP_MEMORY_PATTERN = False
+
+
 def resolve_provider(name: str) -> list[str]:
     """The providers list for onnxruntime, CPU as the fallback for ops a device lacks."""
     import onnxruntime as ort

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import RunError
 from ..runtime import session
-from ..runtime.sessions import resolve_provider
+from ..runtime.sessions import CPU_STEP_MEMORY_PATTERN, resolve_provider
 from ..runtime.failures import quiet_run, run_failure
 from .best import BestKeeper
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -57,10 +57,10 @@ class StepRunner:
 
         self.ort, self.step = ort, step
         self.names = list(step.params) + list(step.state)
-        on_cpu = resolve_provider(provider)[0] == "CPUExecutionProvider"
+        pattern = CPU_STEP_MEMORY_PATTERN or resolve_provider(provider)[0] != "CPUExecutionProvider"
         self.sess, captured = graph_session(lambda options: session(
             step.model, provider, threads, spinning="during-run", nchwc=True, options=options,
-            memory_pattern=not on_cpu), provider)  # the pattern doubled the CPU step's arena
+            memory_pattern=pattern), provider)
         self.quiet = quiet_run()
         self.device = "cuda" if self.sess.get_providers()[0].startswith("CUDA") else "cpu"
         self.current = {n: self._upload(values[n]) for n in self.names}

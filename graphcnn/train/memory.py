@@ -19,9 +19,10 @@ step model that `graphcnn train` runs (train/step.py), so that it holds for ever
     one (summary_memory.buffers). Those buffers are allocated and freed in that order from a
     simulated BFC arena (onnxruntime's default CPU arena: a 1 MiB region, then each new one
     twice the last; best fit, split, coalesced), counting the bytes ever written. With the
-    memory pattern on (onnxruntime's default, which the step's session keeps), every later
-    run asks for one block holding all the buffers at once (summary_memory.packed), which the
-    first run's freed regions seldom fit, so the arena holds both;
+    memory pattern on (onnxruntime's default; the CPU step's session turns it off,
+    MEMORY_PATTERN), every later run asks for one block holding all the buffers at once
+    (summary_memory.packed), which the first run's freed regions seldom fit, so the arena
+    holds both;
   * the constants of the step model;
   * the session and the step model themselves: an estimate of 5 KiB per ONNX node of the step
     (onnxruntime's graph, kernels and plan, the model's Python objects; measured 4.5 to 7 KiB
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..runtime.sessions import CPU_STEP_MEMORY_PATTERN
 from ..summary_memory import Value, buffers, packed
 
 VIEWS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}  # onnxruntime aliases these
@@ -44,7 +46,7 @@ SHAPE_ONLY = {"Shape", "Size"}  # read no data: onnxruntime folds them (every sh
 # activations; not Add, Mul and the other elementwise math (element_wise_ops.cc)
 IN_PLACE = {"Elu", "HardSigmoid", "LeakyRelu", "Relu", "Selu", "Sigmoid", "Softplus", "Softsign",
             "Tanh", "ThresholdedRelu"}
-MEMORY_PATTERN = False  # StepRunner turns onnxruntime's memory pattern off on the CPU provider
+MEMORY_PATTERN = CPU_STEP_MEMORY_PATTERN  # the CPU step's session's, as StepRunner makes it
 MOMENTS = (".momentum", ".m", ".v")  # optimizer state names (train/optim.py)
 MIB = 1 << 20
 SESSION_PER_NODE = 5 << 10  # bytes per ONNX node of the step (see the module docstring)
