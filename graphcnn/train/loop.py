@@ -1,8 +1,10 @@
 """The training loop: one onnxruntime session of the training-step model, run batch after batch.
 
 The carried tensors (parameters, batch-norm statistics, optimizer moments) stay in OrtValues on
-the session's device between steps: each step reads one set and writes the other through an
-IOBinding, then the two sets swap. They are read back to numpy only at the end of an epoch, for
+the session's device between steps, bound through an IOBinding: each step writes a tensor's
+new value over the old one where the step model makes that safe (train/in_place.py: the
+optimizers' updates), else reads one buffer and writes a second, and the two swap. They are
+read back to numpy only at the end of an epoch, for
 the evaluation and the checkpoint.
 """
 from __future__ import annotations
@@ -46,7 +48,8 @@ def build_step(checked, recipe: Recipe, opset: int | None = None, provider: str 
 
 
 class StepRunner:
-    """Runs the training step on one device; carried tensors ping-pong between two buffers.
+    """Runs the training step on one device; each carried tensor is updated in place where the
+    step allows it (train/in_place.py), else ping-pongs between two buffers.
     On the CPU provider the session runs a copy of the step whose convs use onnxruntime's
     blocked NCHWc layout (graphcnn/runtime/blocked.py: 12-18% faster for the small ResNet);
     its worker threads spin only while a step runs (runtime/sessions.py says why)."""
@@ -63,11 +66,15 @@ class StepRunner:
             memory_pattern=pattern), provider)
         self.quiet = quiet_run()
         self.device = "cuda" if self.sess.get_providers()[0].startswith("CUDA") else "cpu"
-        self.current = {n: self._upload(values[n]) for n in self.names}
-        self.spare = {n: self._upload(np.empty_like(values[n])) for n in self.names}
-        self.binding = self.sess.io_binding()
         # captured CUDA graphs (train/graphs.py): inputs and outputs at fixed device addresses
         self.fixed = FixedFeeds(ort, self.sess, step, self.quiet) if captured else None
+        # written over their inputs (train/in_place.py); the others ping-pong between two sets
+        self.in_place = set() if captured else set(step.in_place)
+        # a copy: an OrtValue on the CPU shares the array's memory, and the caller keeps its own
+        self.current = {n: self._upload(np.array(values[n])) for n in self.names}
+        self.spare = {n: self._upload(np.empty_like(values[n])) for n in self.names
+                      if n not in self.in_place}
+        self.binding = self.sess.io_binding()
         self.parity = 0  # which of the two graphs runs next
         self.metrics = {o.name: ort.OrtValue.ortvalue_from_shape_and_type(
             [d for d in o.shape], ORT_TYPES[o.type], self.device if captured else "cpu")
@@ -91,14 +98,15 @@ class StepRunner:
                 io.bind_cpu_input(name, value)
         for name in self.names:
             io.bind_ortvalue_input(name, self.current[name])
-            io.bind_ortvalue_output(f"{name}.new", self.spare[name])
+            io.bind_ortvalue_output(f"{name}.new", self.spare.get(name, self.current[name]))
         for name, value in self.metrics.items():
             io.bind_ortvalue_output(name, value)
         try:
             self.sess.run_with_iobinding(io, options)
         except Exception as exc:  # onnxruntime's: named by its ONNX node and spec node
             raise run_failure(self.sess, exc) from None
-        self.current, self.spare = self.spare, self.current
+        self.current, self.spare = ({n: self.spare.get(n, v) for n, v in self.current.items()},
+                                    {n: self.current[n] for n in self.spare})
         correct = self.metrics.get("correct")  # none for regression losses
         counted = self.metrics.get("counted")  # none when the targets are the real rows
         return (float(self.metrics["loss"].numpy()), float(correct.numpy()) if correct else 0.0,

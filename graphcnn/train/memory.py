@@ -10,7 +10,9 @@ step model that `graphcnn train` runs (train/step.py), so that it holds for ever
   step (each is consumed by its update as soon as it is made);
 - the peak of a step on onnxruntime's CPU provider, as tools/train_memory.py measures it (the
   process's resident memory growth, libraries and the caller's batch excluded):
-  * the carried tensors twice: StepRunner reads one set and writes the other;
+  * the carried tensors once where the step updates them in place (train/in_place.py: all of
+    them for the optimizers' own updates), twice for the others: StepRunner reads one set and
+    writes the other;
   * the arena: the step's values planned as onnxruntime plans them, in its order (a reverse
     depth-first walk from the nodes nobody reads): a Reshape, Flatten, Squeeze, Unsqueeze or
     Identity is a view of its input; a value whose only reader is the Identity naming a graph
@@ -114,10 +116,16 @@ def step_memory(checked, step) -> TrainingMemory:
     arena = arena_bytes(found, block, MEMORY_PATTERN)
     constants = sum(_bytes(t) for t in model.graph.initializer)
     session = SESSION_PER_NODE * len(model.graph.node)
-    peak = 2 * (params + state + stats) + arena + constants + session
+    spare = params + state + stats - in_place_bytes(step, sizes)
+    peak = params + state + stats + spare + arena + constants + session
     return TrainingMemory(step.batch, step.optimizer, kept_bytes(model, checked, sizes), params,
                           grads, state, stats, block, arena, constants, session, peak,
                           len(unsized))
+
+
+def in_place_bytes(step, sizes: dict[str, tuple]) -> int:
+    """The carried tensors StepRunner updates in place: no second buffer."""
+    return sum(sizes[name][0] for name in step.in_place)
 
 
 def carried_bytes(model, step, sizes: dict[str, tuple]) -> tuple[int, int, int, int]:

@@ -34,6 +34,7 @@ from ..lower.opset import choose_opset
 from . import loss_scale, losses
 from .autodiff import TrainEmitter, backward, forward
 from .freeze import frozen_ids
+from .in_place import gate_late_readers, in_place_names
 from .optim import OptimConfig, update
 from .precision import PrecisionReport, check_precision, to_half
 
@@ -54,6 +55,7 @@ class TrainingStep:
     optimizer: str = "sgd"
     precision: str = "fp32"
     report: PrecisionReport | None = None  # what ran in half (None: fp32)
+    in_place: list[str] = field(default_factory=list)  # carried names updated in place
 
     @property
     def carried(self) -> list[str]:
@@ -110,7 +112,8 @@ def build_training_step(checked: CheckedGraph, *, batch: int, loss: str = "cross
     model, report = to_half(model, checked, precision, provider)
     return TrainingStep(model, batch, data, params=params, state=state, outputs=list(outputs),
                         loss=loss, optimizer=optimizer, precision=precision,
-                        report=report if precision != "fp32" else None)
+                        report=report if precision != "fp32" else None,
+                        in_place=in_place_names(model.graph.node, params + state))
 
 
 def scaled_updates(g: TrainEmitter, checked: CheckedGraph, params: list[str], state: list[str],
@@ -208,7 +211,7 @@ def assemble(g: TrainEmitter, checked: CheckedGraph, batch: int, data: str, loss
     nodes = named_outputs(list(g.nodes), outputs, {i.name for i in inputs})
     out_infos = [float_info(n, shapes[n[:-4]]) if n.endswith(".new") else scalar_info(n)
                  for n in outputs]
-    nodes = prune(nodes, list(outputs))
+    nodes = gate_late_readers(g, prune(nodes, list(outputs)), carried, "lr")
     version = choose_opset(opset, {n.op_type for n in nodes})
     used = {v for n in nodes for v in n.input}
     constants = [t for name, t in g.constants.items() if name in used]

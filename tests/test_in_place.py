@@ -1,0 +1,120 @@
+"""Carried tensors updated in place (graphcnn/train/in_place.py): the same steps as with two
+buffers, bit for bit, and only where the graph's data dependencies make it safe."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import graphcnn.train.step as step_module
+from graphcnn.api import check_spec
+from graphcnn.spec import NetworkSpec
+from graphcnn.train.data import Batch
+from graphcnn.train.in_place import in_place_names, topological
+from graphcnn.train.loop import StepRunner, build_step
+from graphcnn.train.recipe import Recipe
+from graphcnn.train.step import initial_state
+
+NET = """\
+name: small
+inputs: {x: [3, 8, 8]}
+nodes:
+  - {id: conv1, op: conv2d, channels: 8, kernel: 3, padding: 1, bias: false}
+  - {id: bn1, op: batchnorm2d}
+  - {op: relu}
+  - {id: conv2, op: conv2d, channels: 8, kernel: 3, padding: 1}
+  - {op: relu}
+  - {op: global_avgpool}
+  - {op: flatten}
+  - {id: fc, op: linear, features: 4}
+outputs: [fc]
+"""
+RECIPES = {
+    "sgd": dict(optimizer="sgd", momentum=0.9, weight_decay=1e-3),
+    "adam": dict(optimizer="adam"),
+    "adamw": dict(optimizer="adamw", weight_decay=0.01),
+    "fp16": dict(optimizer="sgd", momentum=0.9, precision="fp16"),
+}
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def checked():
+    return check_spec(NetworkSpec.from_text(NET, "small.yaml"))
+
+
+def batch(checked, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((BATCH, 3, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 4, BATCH)
+    return Batch(x, y, np.array([1.0] * (BATCH - 2) + [0.0] * 2, np.float32), BATCH - 2)
+
+
+def trained(checked, step, steps=3):
+    start = initial_state(checked, step, 0)
+    kept = {name: value.copy() for name, value in start.items()}
+    runner = StepRunner(step, start, threads=1)
+    for i in range(steps):
+        runner.run(batch(checked, i), 0.05, i + 1)
+    assert all(np.array_equal(start[n], kept[n]) for n in start), "the caller's arrays changed"
+    return runner
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_in_place_steps_equal_two_buffers(checked, name):
+    step = build_step(checked, Recipe(batch=BATCH, lr=0.05, **RECIPES[name]))
+    assert sorted(step.in_place) == sorted(step.carried)  # every update is element by element
+    in_place = trained(checked, step)
+    two_buffers = trained(checked, dataclasses.replace(step, in_place=[]))
+    assert in_place.spare == {} and len(two_buffers.spare) == len(step.carried)
+    ours, theirs = in_place.values(), two_buffers.values()
+    assert all(np.array_equal(ours[n], theirs[n]) for n in step.carried)
+
+
+def test_the_gates_are_what_makes_weights_safe(checked, monkeypatch):
+    """A conv weight is read by its input gradient's flipped filter and a batch norm's weight by
+    its backward scale, which the weight's own update does not need: without the gates these
+    late readers leave the weights out (and the steps came out different in onnxruntime's
+    order); biases and momenta are read only by their updates and stay in."""
+    recipe = Recipe(batch=BATCH, lr=0.05, optimizer="sgd", momentum=0.9)
+    monkeypatch.setattr(step_module, "gate_late_readers", lambda g, nodes, carried, lr: nodes)
+    ungated = build_step(checked, recipe)
+    left_out = set(ungated.carried) - set(ungated.in_place)
+    assert {"conv2.weight", "bn1.weight", "fc.weight"} <= left_out
+    assert {"conv2.bias", "conv2.weight.momentum", "bn1.running_mean"}.isdisjoint(left_out)
+
+
+def node(op, inputs, output, **attrs):
+    return helper.make_node(op, inputs, [output], name=output, **attrs)
+
+
+@pytest.mark.parametrize("nodes, safe", [
+    # the update reads p element by element, nothing else reads p
+    ([node("Mul", ["g", "lr"], "d"), node("Sub", ["p", "d"], "p.new")], True),
+    # a late reader: the Transpose runs in any order relative to the update
+    ([node("Transpose", ["p"], "t", perm=[1, 0]), node("Mul", ["g", "lr"], "d"),
+      node("Sub", ["p", "d"], "p.new")], False),
+    # the same reader through a view of p
+    ([node("Reshape", ["p", "shape"], "v"), node("Transpose", ["v"], "t", perm=[1, 0]),
+      node("Sub", ["p", "g"], "p.new")], False),
+    # the reader feeds the update: it has run before the update writes
+    ([node("Transpose", ["p"], "t", perm=[1, 0]), node("ReduceSum", ["t"], "s"),
+      node("Mul", ["g", "s"], "d"), node("Sub", ["p", "d"], "p.new")], True),
+    # unchanged (an Identity), and an update reading a view of p: two buffers
+    ([node("Identity", ["p"], "p.new")], False),
+    ([node("Reshape", ["p", "shape"], "v"), node("Sub", ["v", "g"], "p.new")], False),
+])
+def test_in_place_names_follow_the_data_dependencies(nodes, safe):
+    assert in_place_names(nodes, ["p"]) == (["p"] if safe else [])
+
+
+def test_topological_order_moves_only_what_must_move():
+    a, b, c = node("Relu", ["x"], "a"), node("Relu", ["a"], "b"), node("Relu", ["b2"], "c")
+    late = node("Relu", ["a"], "b2")  # made last, read by c
+    ordered = topological([a, b, c, late], {id(a): 0, id(b): 1, id(c): 2, id(late): 3})
+    assert [n.name for n in ordered] == ["a", "b", "b2", "c"]
+    loop = [node("Relu", ["y"], "x"), node("Relu", ["x"], "y")]
+    with pytest.raises(AssertionError, match="cycle"):
+        topological(loop, {id(n): i for i, n in enumerate(loop)})
