@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
+import graphcnn.train.in_place as in_place_module
 import graphcnn.train.step as step_module
 from graphcnn.api import check_spec
 from graphcnn.spec import NetworkSpec
@@ -62,8 +63,14 @@ def trained(checked, step, steps=3):
     return runner
 
 
+@pytest.fixture()
+def gate_all(monkeypatch):
+    """Gate every tensor, however small (by default only those of GATED_FROM elements)."""
+    monkeypatch.setattr(in_place_module, "GATED_FROM", 1)
+
+
 @pytest.mark.parametrize("name", RECIPES)
-def test_in_place_steps_equal_two_buffers(checked, name):
+def test_in_place_steps_equal_two_buffers(checked, name, gate_all):
     step = build_step(checked, Recipe(batch=BATCH, lr=0.05, **RECIPES[name]))
     assert sorted(step.in_place) == sorted(step.carried)  # every update is element by element
     in_place = trained(checked, step)
@@ -73,7 +80,15 @@ def test_in_place_steps_equal_two_buffers(checked, name):
     assert all(np.array_equal(ours[n], theirs[n]) for n in step.carried)
 
 
-def test_the_gates_are_what_makes_weights_safe(checked, monkeypatch):
+def test_small_tensors_with_late_readers_keep_two_buffers(checked):
+    """Below GATED_FROM elements the gate's nodes would cost more than the buffer saves."""
+    step = build_step(checked, Recipe(batch=BATCH, lr=0.05, optimizer="sgd", momentum=0.9))
+    assert {"conv2.weight", "bn1.weight"}.isdisjoint(step.in_place)
+    assert {"conv2.bias", "conv2.weight.momentum"} <= set(step.in_place)
+    assert not any("in_place/" in n.name for n in step.model.graph.node)
+
+
+def test_the_gates_are_what_makes_weights_safe(checked, monkeypatch, gate_all):
     """A conv weight is read by its input gradient's flipped filter and a batch norm's weight by
     its backward scale, which the weight's own update does not need: without the gates these
     late readers leave the weights out (and the steps came out different in onnxruntime's

@@ -8,7 +8,8 @@ run after every other node that reads `<name>`, and read it, if at all, element 
 
 - gate_late_readers: a reader that the writer does not already depend on (a conv's weight is
   read by its input gradient's flipped filter, which the weight's own gradient never needs)
-  is made an ancestor of the writer through the learning rate: the update's `lr` becomes
+  is made an ancestor of the writer through the learning rate (tensors of GATED_FROM
+  elements and more): the update's `lr` becomes
   Where(Greater(s, +inf), lr, lr), always lr, with s one element of each such reader's output
   (a few scalar ops per parameter; nothing full-size is read or written again);
 - in_place_names: which carried names the final step model (after the precision rewrite)
@@ -66,12 +67,19 @@ class Flow:
         return [n for n in self.reads(name) if n is not writer and id(n) not in before]
 
 
-def gate_late_readers(g, nodes: list, carried: list[str], lr: str) -> list:
-    """`nodes` (topologically sorted) with each carried tensor's late readers made ancestors
-    of its writer through a gated learning rate, sorted again; g makes the new nodes."""
+# Elements from which a tensor with late readers is gated: the gate's six scalar nodes cost
+# onnxruntime a few microseconds each per step, which a small tensor's second buffer does not
+# repay (MNIST-1D's whole step is about 2 ms); ungated, it keeps two buffers.
+GATED_FROM = 1 << 14
+
+
+def gate_late_readers(g, nodes: list, carried: dict[str, int], lr: str) -> list:
+    """`nodes` (topologically sorted) with the late readers of each carried tensor (name ->
+    elements) of at least GATED_FROM elements made ancestors of its writer through a gated
+    learning rate, sorted again; g makes the new nodes."""
     flow, start = Flow(nodes), len(g.nodes)
     order = {id(n): float(i) for i, n in enumerate(nodes)}
-    for name in carried:
+    for name in (n for n, size in carried.items() if size >= GATED_FROM):
         writer = flow.producer.get(f"{name}.new")
         if writer is None or writer.op_type not in ELEMENTWISE:
             continue

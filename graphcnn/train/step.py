@@ -211,7 +211,8 @@ def assemble(g: TrainEmitter, checked: CheckedGraph, batch: int, data: str, loss
     nodes = named_outputs(list(g.nodes), outputs, {i.name for i in inputs})
     out_infos = [float_info(n, shapes[n[:-4]]) if n.endswith(".new") else scalar_info(n)
                  for n in outputs]
-    nodes = gate_late_readers(g, prune(nodes, list(outputs)), carried, "lr")
+    sizes = {n: int(np.prod(shapes[n])) for n in carried}
+    nodes = gate_late_readers(g, prune(nodes, list(outputs)), sizes, "lr")
     version = choose_opset(opset, {n.op_type for n in nodes})
     used = {v for n in nodes for v in n.input}
     constants = [t for name, t in g.constants.items() if name in used]
