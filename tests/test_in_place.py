@@ -17,6 +17,7 @@ from graphcnn.train.in_place import in_place_names, topological
 from graphcnn.train.loop import StepRunner, build_step
 from graphcnn.train.recipe import Recipe
 from graphcnn.train.step import initial_state
+from test_gradients import PROVIDER
 
 NET = """\
 name: small
@@ -56,7 +57,7 @@ def batch(checked, seed=0):
 def trained(checked, step, steps=3):
     start = initial_state(checked, step, 0)
     kept = {name: value.copy() for name, value in start.items()}
-    runner = StepRunner(step, start, threads=1)
+    runner = StepRunner(step, start, PROVIDER, threads=1)  # GRAPHCNN_TEST_PROVIDER=cuda
     for i in range(steps):
         runner.run(batch(checked, i), 0.05, i + 1)
     assert all(np.array_equal(start[n], kept[n]) for n in start), "the caller's arrays changed"

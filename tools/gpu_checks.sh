@@ -9,7 +9,8 @@
 #    GRAPHCNN_CUDA_GRAPH=1, captured CUDA graphs; GRAPHCNN_WEIGHT_GRAD=conv, the weight
 #    gradient as one cuDNN conv instead of the unfold), then fp16 and bf16 against torch AMP;
 # 2. tools/check_cuda.py --precision (losses of fp16/bf16 steps against fp32 on CUDA);
-# 3. the gradient tests on the CUDA provider, with both switches on.
+# 3. the gradient tests on the CUDA provider, with both switches on, and the in-place updates'
+#    (a step's new parameters written over the old ones in device memory).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 steps=${1:-50}
@@ -25,4 +26,7 @@ done
 echo "## precision check"; python tools/check_cuda.py --precision
 echo "## gradient tests on CUDA, both switches on"
 GRAPHCNN_CUDA_GRAPH=1 GRAPHCNN_WEIGHT_GRAD=conv GRAPHCNN_TEST_PROVIDER=cuda \
-  python -m pytest -q -x tests/test_gradients.py tests/test_train_step.py tests/test_precision.py
+  python -m pytest -q -x tests/test_gradients.py tests/test_train_step.py tests/test_precision.py \
+  tests/test_conv_phases.py
+echo "## in-place updates on CUDA (captured graphs keep two buffers, so without them)"
+GRAPHCNN_TEST_PROVIDER=cuda python -m pytest -q -x tests/test_in_place.py
