@@ -191,7 +191,6 @@ def footer(checked: CheckedGraph, mem: Memory | None, training=None) -> list[str
 
 def training_footer(t) -> list[str]:
     """The training step's totals (train/memory.py says what each counts)."""
-    carried = 2 * (t.params + t.optimizer_state + t.statistics)
     block = "the first run's buffers, then the memory pattern's block of" if t.pattern else \
         "a run's buffers, allocated one by one; packed at once:"
     return [f"Training step at batch {t.batch} ({t.optimizer}): the backward pass keeps "
@@ -199,9 +198,11 @@ def training_footer(t) -> list[str]:
             f"Parameters {fmt_bytes(t.params)}, gradients {fmt_bytes(t.gradients)}, optimizer "
             f"state {fmt_bytes(t.optimizer_state)}, running statistics {fmt_bytes(t.statistics)}",
             f"Peak of a training step (onnxruntime's CPU provider, as tools/train_memory.py "
-            f"measures it): {fmt_bytes(t.peak)}: parameters and state twice (read and written) "
-            f"{fmt_bytes(carried)}, arena {fmt_bytes(t.arena)} ({block} {fmt_bytes(t.block)}), "
-            f"constants {fmt_bytes(t.constants)}, session about {fmt_bytes(t.session)}"]
+            f"measures it): {fmt_bytes(t.peak)}: parameters and state {fmt_bytes(t.carried)} "
+            f"({fmt_bytes(t.in_place)} of it written over itself, the rest read from one buffer "
+            f"and written to a second: {fmt_bytes(t.spare)}), arena {fmt_bytes(t.arena)} "
+            f"({block} {fmt_bytes(t.block)}), constants {fmt_bytes(t.constants)}, session about "
+            f"{fmt_bytes(t.session)}"]
 
 
 def memory_footer(checked: CheckedGraph, mem: Memory) -> list[str]:

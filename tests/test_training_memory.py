@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from conftest import ROOT, checked_text, load_tool, summary_output
 from graphcnn.summary import Summary
 from graphcnn.train.loop import build_step
@@ -63,7 +65,19 @@ def test_parameters_gradients_and_optimizer_state():
 def test_batchnorm_statistics_are_carried_not_trained():
     t = training_memory(checked_text(CNN), 2, Recipe(batch=2))
     assert t.statistics == 4 * 2 * (16 + 32)  # running mean and variance
-    assert t.peak >= 2 * (t.params + t.statistics) + t.arena
+    assert t.peak == t.carried + t.spare + t.arena + t.constants + t.session
+    assert 0 < t.in_place <= t.carried  # the statistics, read only by their own update
+
+
+def test_in_place_tensors_have_no_second_buffer():
+    """The tensors the step writes over themselves (StepRunner binds them so) are counted once."""
+    checked = checked_text(CNN)
+    recipe = Recipe(batch=2, optimizer="sgd", momentum=0.9)
+    step, t = build_step(checked, recipe), training_memory(checked, 2, recipe)
+    shapes = step.shapes()
+    assert t.in_place == sum(4 * int(np.prod(shapes[n])) for n in step.in_place) > 0
+    text = summary_output(str(ROOT / "specs" / "mnist1d_cnn.yaml"), "--training")
+    assert "written over itself" in text and "twice" not in text
 
 
 def test_arena_regions_grow_as_onnxruntime_logs_them():

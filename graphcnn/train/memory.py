@@ -72,6 +72,7 @@ class TrainingMemory:
     peak: int
     unsized: int = 0  # values whose size shape inference could not tell (counted as 0)
     pattern: bool = MEMORY_PATTERN  # the arena with onnxruntime's memory pattern
+    in_place: int = 0  # carried bytes written over themselves (train/in_place.py)
 
     @property
     def kept_total(self) -> int:
@@ -81,6 +82,11 @@ class TrainingMemory:
     def carried(self) -> int:
         return self.params + self.optimizer_state + self.statistics
 
+    @property
+    def spare(self) -> int:
+        """The second buffers of the carried tensors not updated in place."""
+        return self.carried - self.in_place
+
     def to_dict(self) -> dict:
         return {"batch": self.batch, "optimizer": self.optimizer,
                 "kept_bytes": self.kept_total, "kept_bytes_per_node": dict(self.kept),
@@ -89,6 +95,7 @@ class TrainingMemory:
                 "statistics_bytes": self.statistics, "block_bytes": self.block,
                 "arena_bytes": self.arena, "constant_bytes": self.constants,
                 "session_bytes": self.session,
+                "in_place_bytes": self.in_place, "spare_bytes": self.spare,
                 "peak_bytes": self.peak, "memory_pattern": self.pattern,
                 "unsized_values": self.unsized}
 
@@ -116,11 +123,11 @@ def step_memory(checked, step) -> TrainingMemory:
     arena = arena_bytes(found, block, MEMORY_PATTERN)
     constants = sum(_bytes(t) for t in model.graph.initializer)
     session = SESSION_PER_NODE * len(model.graph.node)
-    spare = params + state + stats - in_place_bytes(step, sizes)
-    peak = params + state + stats + spare + arena + constants + session
+    in_place = in_place_bytes(step, sizes)
+    peak = 2 * (params + state + stats) - in_place + arena + constants + session
     return TrainingMemory(step.batch, step.optimizer, kept_bytes(model, checked, sizes), params,
                           grads, state, stats, block, arena, constants, session, peak,
-                          len(unsized))
+                          len(unsized), in_place=in_place)
 
 
 def in_place_bytes(step, sizes: dict[str, tuple]) -> int:
