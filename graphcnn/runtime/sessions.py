@@ -57,22 +57,26 @@ def resolve_provider(name: str) -> list[str]:
 
 def session(model, provider: str = "cpu", threads: int | None = None,
             spinning: Spinning = "always", nchwc: bool = False,
-            options: dict[str, str] | None = None, memory_pattern: bool = True):
+            options: dict[str, str] | None = None, memory_pattern: bool = True,
+            optimized_to: str | None = None):
     """An InferenceSession for a path, bytes or ModelProto. `threads` sets the intra-op pool
     (default: onnxruntime's, one per core); `spinning` says when idle worker threads busy-wait
     (see SPINNING_ENTRIES); `nchwc` runs a ModelProto's convs with non-constant weights in
     onnxruntime's blocked layout on the CPU provider (runtime/blocked.py); `options`: the
-    chosen provider's own options (e.g. CUDA's enable_cuda_graph)."""
+    chosen provider's own options (e.g. CUDA's enable_cuda_graph); `optimized_to`: a path
+    where onnxruntime writes the graph its optimizer made (the one that runs)."""
     import onnxruntime as ort
 
     providers = resolve_provider(provider)
     if nchwc:
         model = _blocked_for(model, providers)
     chosen = [(providers[0], options), *providers[1:]] if options else providers
+    settings = session_options(threads, spinning, memory_pattern)
+    if optimized_to is not None:
+        settings.optimized_model_filepath = str(optimized_to)
+        settings.log_severity_level = 3  # its warning that the file is CPU-specific: we know
     try:
-        return ort.InferenceSession(_serialized(model),
-                                    session_options(threads, spinning, memory_pattern),
-                                    providers=chosen)
+        return ort.InferenceSession(_serialized(model), settings, providers=chosen)
     except Exception as exc:  # onnxruntime raises its own exception types for bad models
         raise load_failure(model, exc) from None
 

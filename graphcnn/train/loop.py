@@ -25,6 +25,7 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import Batch, Dataset, steps_per_epoch
 from .evaluate import Evaluator, Scores
 from .graphs import FixedFeeds, graph_session
+from .in_place import executed_in_place, optimized_graph_file
 from .recipe import Recipe
 from .schedule import lr_at
 
@@ -61,15 +62,24 @@ class StepRunner:
         self.ort, self.step = ort, step
         self.names = list(step.params) + list(step.state)
         pattern = CPU_STEP_MEMORY_PATTERN or resolve_provider(provider)[0] != "CPUExecutionProvider"
-        self.sess, captured = graph_session(lambda options: session(
-            step.model, provider, threads, spinning="during-run", nchwc=True, options=options,
-            memory_pattern=pattern), provider)
+
+        def make(options, executed=None):
+            return session(step.model, provider, threads, spinning="during-run", nchwc=True,
+                           options=options, memory_pattern=pattern, optimized_to=executed)
+
+        with optimized_graph_file() as executed:
+            try:
+                self.sess, captured = graph_session(lambda o: make(o, executed), provider)
+            except RunError:  # raise what a session without the graph file says, if anything
+                (self.sess, captured), executed = graph_session(make, provider), None
+            # written over their inputs where the graph that runs still allows it
+            # (train/in_place.py); the others ping-pong between two sets
+            self.in_place = set() if captured or executed is None else \
+                executed_in_place(executed, step.in_place)
         self.quiet = quiet_run()
         self.device = "cuda" if self.sess.get_providers()[0].startswith("CUDA") else "cpu"
         # captured CUDA graphs (train/graphs.py): inputs and outputs at fixed device addresses
         self.fixed = FixedFeeds(ort, self.sess, step, self.quiet) if captured else None
-        # written over their inputs (train/in_place.py); the others ping-pong between two sets
-        self.in_place = set() if captured else set(step.in_place)
         # a copy: an OrtValue on the CPU shares the array's memory, and the caller keeps its own
         self.current = {n: self._upload(np.array(values[n])) for n in self.names}
         self.spare = {n: self._upload(np.empty_like(values[n])) for n in self.names

@@ -10,9 +10,9 @@ step model that `graphcnn train` runs (train/step.py), so that it holds for ever
   step (each is consumed by its update as soon as it is made);
 - the peak of a step on onnxruntime's CPU provider, as tools/train_memory.py measures it (the
   process's resident memory growth, libraries and the caller's batch excluded):
-  * the carried tensors once where the step updates them in place (train/in_place.py: all of
-    them for the optimizers' own updates), twice for the others: StepRunner reads one set and
-    writes the other;
+  * the carried tensors once where the step model lets StepRunner update them in place
+    (train/in_place.py; it also checks the graph onnxruntime's optimizer makes, which may
+    leave fewer), twice for the others: StepRunner reads one set and writes the other;
   * the arena: the step's values planned as onnxruntime plans them, in its order (a reverse
     depth-first walk from the nodes nobody reads): a Reshape, Flatten, Squeeze, Unsqueeze or
     Identity is a view of its input; a value whose only reader is the Identity naming a graph
