@@ -307,3 +307,44 @@ def test_compile_training_writes_an_fp16_step(tmp_path, capsys, emulated):
     model = onnx.load(tmp_path / "s.onnx")
     assert "skipped" in {o.name for o in model.graph.output}
     assert any(t == HALF for t in value_types(model).values())
+
+
+class SkipFlag:
+    """A runner's `skipped` output (an OrtValue's numpy())."""
+
+    def __init__(self):
+        self.value = 0
+
+    def numpy(self):
+        return np.array(self.value, np.int64)
+
+
+class ScriptedRunner:
+    """Stands in for StepRunner: reports the scripted overflows and records the `step` fed."""
+
+    def __init__(self, overflows):
+        self.overflows, self.fed, self.metrics = list(overflows), [], {"skipped": SkipFlag()}
+
+    def run(self, batch, lr, step):
+        self.fed.append(step)
+        self.metrics["skipped"].value = self.overflows.pop(0)
+        return (float("inf") if self.metrics["skipped"].value else 1.0), 1.0, 1.0
+
+
+def test_skipped_fp16_steps_do_not_advance_the_optimizer_step():
+    """As GradScaler skips optimizer.step(): Adam's bias correction counts applied steps only,
+    across epochs too (an earlier epoch's skips come from its record); the schedule's step
+    counts every step."""
+    from graphcnn.train import loop
+    from graphcnn.train.data import Dataset
+
+    data = Dataset(np.zeros((10, 3), np.float32), np.zeros(10, np.int64))
+    runner, recipe = ScriptedRunner([1, 1, 0, 1, 0]), Recipe(batch=2, optimizer="adam")
+    done = loop.run_epoch(runner, data, recipe, np.random.default_rng(0), 1, 0, loop.Progress(),
+                          None)
+    assert runner.fed == [1, 1, 1, 2, 2] and (done.step_no, done.skipped) == (5, 3)
+    later = ScriptedRunner([0, 0, 0, 0, 0])
+    loop.run_epoch(later, data, recipe, np.random.default_rng(0), 2, done.step_no,
+                   loop.Progress(), None,
+                   skipped_before=loop.skipped_steps([{"skipped_steps": done.skipped}]))
+    assert later.fed == [3, 4, 5, 6, 7]

@@ -171,7 +171,8 @@ def train(checked, recipe: Recipe, data: Dataset, *, checkpoint: str | Path | No
         if history and keeper.stop(history):
             break
         started = time.perf_counter()
-        done = run_epoch(runner, data, recipe, rng, epoch, step_no, progress, checkpoint)
+        done = run_epoch(runner, data, recipe, rng, epoch, step_no, progress, checkpoint,
+                         skipped_before=skipped_steps(history))
         values, step_no = runner.values(), done.step_no
         scores = evaluate(values, data.held_out(evaluate.chunk)) if data.has_held_out else None
         record = epoch_record(epoch, done, scores, time.perf_counter() - started)
@@ -227,8 +228,18 @@ class EpochTotals:
     skipped: int | None = None  # fp16: steps an overflow skipped (None: no loss scaling)
 
 
+def skipped_steps(history: list[dict]) -> int:
+    """The fp16 steps that earlier epochs skipped (their records count them)."""
+    return sum(int(record.get("skipped_steps", 0)) for record in history)
+
+
 def run_epoch(runner: StepRunner, data, recipe: Recipe, rng, epoch: int, step_no: int,
-              progress: Progress, checkpoint) -> EpochTotals:
+              progress: Progress, checkpoint, skipped_before: int = 0) -> EpochTotals:
+    """One pass over the data. The step's `step` input is the optimizer's step: the steps it
+    applied, this one included. An fp16 step that an overflow skipped did not count, as
+    GradScaler skips optimizer.step() (Adam's bias correction would otherwise run ahead by
+    every skip of the loss scale's first steps); the learning-rate schedule counts every step,
+    as a scheduler stepped each iteration does."""
     total_loss = total_correct = counted = seen = waited = 0.0
     skipped = 0 if "skipped" in runner.metrics else None
     lr = recipe.lr
@@ -243,7 +254,7 @@ def run_epoch(runner: StepRunner, data, recipe: Recipe, rng, epoch: int, step_no
             break
         step_no += 1
         lr = lr_at(recipe.schedule, recipe.lr, step_no, per_epoch, recipe.epochs)
-        loss, correct, targets = runner.run(batch, lr, step_no)
+        loss, correct, targets = runner.run(batch, lr, step_no - skipped_before - (skipped or 0))
         jumped = overflowed(runner)
         skipped = None if skipped is None else skipped + jumped
         if not np.isfinite(loss) and not jumped:  # fp16 skips an overflow and rescales

@@ -3,7 +3,8 @@ optimizer update, run by a stock onnxruntime InferenceSession.
 
 Inputs: the network input [B, ...], `labels` (cross_entropy: int64 [B] for class scores
 [B, C], [B, *S] for per-pixel scores [B, C, *S]), `mask` [B] (1 real row, 0 padding), `lr` (float
-scalar), `step` (int64 scalar, 1-based; Adam's bias correction), then every carried tensor:
+scalar), `step` (int64 scalar, 1-based: the optimizer's step, for Adam's bias correction; an
+fp16 step skipped by an overflow does not count), then every carried tensor:
 trainable parameters (`conv1.weight`) and state (optimizer moments `conv1.weight.m`, batchnorm
 running statistics `bn1.running_mean`). Outputs: `loss` (mean over the real rows' targets), `correct`
 (classification: int64 count of counted targets whose argmax is the label), `counted` (int64:
