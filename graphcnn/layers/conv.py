@@ -198,7 +198,8 @@ def flipped_kernel(g, w: str, c_in: int, c_out: int, k, groups: int) -> str:
     per_group = g.op("Reshape", [w, g.ints([groups, c_out // groups, c_in // groups, taps])])
     swapped = g.op("Transpose", [per_group], perm=[0, 2, 1, 3])
     if taps > 1:
-        swapped = g.op("MatMul", [swapped, exchange(g, taps)])
+        exchange = g.array(f"exchange{taps}", np.eye(taps, dtype=np.float32)[::-1].copy())
+        swapped = g.op("MatMul", [swapped, exchange])
     return g.op("Reshape", [swapped, g.ints([c_in, c_out // groups, *k])])
 
 
@@ -246,13 +247,11 @@ def weight_grad_by_conv(g, x: str, dy: str, shape: Shape, out: Shape, geometry, 
     """dW[o, c, t] = sum over n, p of dY[n, o, p] X[n, c, p*s + t*d] as one Conv with the batch
     as its channels: input X^T [C, N, *S], kernel dY^T [O, N, *P], the forward's stride as the
     dilation and its dilation as the stride; output [C, O, *k'] (k' can exceed k where the
-    forward conv leaves the last rows unread: cut). Stride and dilation 1: flipped_weight_grad."""
+    forward conv leaves the last rows unread: cut)."""
     k, s, d = geometry
     dims = len(k)
     swap = [1, 0, *range(2, dims + 2)]
     xt, dyt = g.op("Transpose", [x], perm=swap), g.op("Transpose", [dy], perm=swap)
-    if max(s) == 1 and max(d) == 1 and all(0 <= b < kk for (b, _), kk in zip(pads, k)):
-        return flipped_weight_grad(g, xt, dyt, shape, out, k, pads)
     found = [(n + b + e - ss * (p - 1) - 1) // dd + 1
              for n, (b, e), ss, p, dd in zip(shape[1:], pads, s, out[1:], d)]
     w = g.op("Conv", [xt, dyt], kernel_shape=list(out[1:]), strides=list(d), dilations=list(s),
@@ -260,28 +259,6 @@ def weight_grad_by_conv(g, x: str, dy: str, shape: Shape, out: Shape, geometry, 
     if found != list(k):
         w = g.op("Slice", [w, g.ints([0] * dims), g.ints(k), g.ints(range(2, dims + 2))])
     return g.op("Transpose", [w], perm=swap)
-
-
-def flipped_weight_grad(g, xt: str, dyt: str, shape: Shape, out: Shape, k, pads) -> str:
-    """A stride-1 weight gradient with dY^T [O, N, *P] as the input and X^T [C, N, *S] as the
-    kernel: Conv gives [O, C, *k] with every spatial axis reversed (output position k-1-t is
-    tap t; pads k-1-b in front, S-P+b behind), and reversing the flattened taps is a MatMul
-    with the exchange matrix (exact). The other way round needs a Transpose of the weight-sized
-    result, which onnxruntime runs element by element: ResNet-18's stage-4 weight gradients at
-    64x64 took 132.8 against 142.2 ms of the profiled step (both builds alternating)."""
-    ends = [n - m + b for n, m, (b, _) in zip(shape[1:], out[1:], pads)]
-    begins = [kk - 1 - b for kk, (b, _) in zip(k, pads)]
-    reversed_taps = g.op("Conv", [dyt, xt], kernel_shape=list(shape[1:]), pads=[*begins, *ends])
-    taps = product(k)
-    flat = g.op("Reshape", [reversed_taps, g.ints([out[0] * shape[0], taps])])
-    return g.op("Reshape", [g.op("MatMul", [flat, exchange(g, taps)]),
-                            g.ints([out[0], shape[0], *k])])
-
-
-def exchange(g, taps: int) -> str:
-    """The [taps, taps] exchange matrix (ones on the anti-diagonal): a MatMul by it reverses
-    the last axis exactly (each output is one input times 1, plus zeros)."""
-    return g.array(f"exchange{taps}", np.eye(taps, dtype=np.float32)[::-1].copy())
 
 
 # Per sample, the weight-gradient GEMM contracts over the output positions only. With few
