@@ -61,7 +61,7 @@ def test_phases_equal_the_transposed_conv(k, s, pads, size):
     rows, cols = (out_length(n, kk, s, p) for n, kk, p in zip(size, k, pads))
     dy = rng.standard_normal((2, 5, rows, cols)).astype(np.float32)
     w = rng.standard_normal((5, 3, *k)).astype(np.float32)
-    assert applies(k, (s, s), (1, 1), [(p, p) for p in pads], 1)
+    assert applies(k, (s, s), (1, 1), [(p, p) for p in pads], 1, WIDE)
     np.testing.assert_allclose(by_phases(dy, w, size, k, s, pads),
                                reference(dy, w, size, k, s, pads), rtol=1e-4, atol=1e-4)
 

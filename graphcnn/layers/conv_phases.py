@@ -37,7 +37,7 @@ def axis_taps(k: int, s: int, p: int) -> tuple[list[tuple[int, int, int]], int, 
 WIDE = 256 * 256
 
 
-def applies(k, s, d, pads, groups: int, channels: int = WIDE) -> bool:
+def applies(k, s, d, pads, groups: int, channels: int) -> bool:
     """Whether the phase form is used: 2-D, one group, no dilation, the same stride > 1 on
     both axes (DepthToSpace has one block size), a kernel wider than the stride (else each
     phase has at most one tap and ConvTranspose's one GEMM does it), pads under the kernel,

@@ -41,11 +41,7 @@ class Flow:
 
     def __init__(self, nodes: list, constants=frozenset()):
         self.constants = set(constants)
-        self.producer = {v: n for n in nodes for v in n.output}
-        self.readers = defaultdict(list)
-        for node in nodes:
-            for value in node.input:
-                self.readers[value].append(node)
+        self.producer, self.readers = links(nodes)
         ordered = topological(nodes, {id(n): float(i) for i, n in enumerate(nodes)})
         self.position = {id(n): i for i, n in enumerate(ordered)}
         hub = self.producer.get(HUB)
@@ -152,6 +148,8 @@ def gate_late_readers(g, nodes: list, carried: dict[str, int], lr: str) -> list:
         if writer is None or writer.op_type not in ELEMENTWISE:
             continue
         late = flow.late_readers(name, writer)
+        # lr's readers as first built: one rewired for an earlier tensor reads its gate now,
+        # and rewiring it again changes nothing (in_place_names then finds the late reader)
         rate = [n for n in flow.readers[lr] if flow.precedes(n, writer)]
         if late and rate:
             met = {id(n): n for r in late for n in flow.meeting_data(name, r)}.values()
@@ -176,14 +174,20 @@ def after(g, values: list[str]) -> str:
     return g.op("Greater", [g.op("ReduceSum", [joined], keepdims=0), g.scalar(float("inf"))])
 
 
-def topological(nodes: list, order: dict[int, float]) -> list:
-    """The nodes in an order where each comes after the makers of its inputs, as close to
-    `order` (id -> key) as that allows (Kahn's algorithm, smallest key first)."""
+def links(nodes: list) -> tuple[dict, defaultdict]:
+    """({value: the node that makes it}, {value: the nodes that read it})."""
     producer = {v: n for n in nodes for v in n.output}
     readers = defaultdict(list)
     for node in nodes:
         for value in node.input:
             readers[value].append(node)
+    return producer, readers
+
+
+def topological(nodes: list, order: dict[int, float]) -> list:
+    """The nodes in an order where each comes after the makers of its inputs, as close to
+    `order` (id -> key) as that allows (Kahn's algorithm, smallest key first)."""
+    producer, readers = links(nodes)
     by_id = {id(n): n for n in nodes}
     waiting = {id(n): sum(v in producer for v in n.input) for n in nodes}
     ready = [(order[id(n)], id(n)) for n in nodes if waiting[id(n)] == 0]

@@ -4,8 +4,7 @@ The carried tensors (parameters, batch-norm statistics, optimizer moments) stay 
 the session's device between steps, bound through an IOBinding: each step writes a tensor's
 new value over the old one where the step model makes that safe (train/in_place.py: the
 optimizers' updates), else reads one buffer and writes a second, and the two swap. They are
-read back to numpy only at the end of an epoch, for
-the evaluation and the checkpoint.
+read back to numpy only at the end of an epoch, for the evaluation and the checkpoint.
 """
 from __future__ import annotations
 
