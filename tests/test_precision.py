@@ -309,6 +309,62 @@ def test_compile_training_writes_an_fp16_step(tmp_path, capsys, emulated):
     assert any(t == HALF for t in value_types(model).values())
 
 
+@pytest.fixture()
+def device_with_half_convs(monkeypatch):
+    """A stand-in CUDA provider whose every Conv computes in fp16 (this machine has none): only
+    `compile --provider` can send the rewrite there."""
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    real = half_kernels.kernel_kind
+
+    def kind(sig, half, provider, opset):
+        if provider == "CUDAExecutionProvider":
+            return "native" if sig[0] == "Conv" else "none"
+        return real(sig, half, provider, opset)
+    monkeypatch.setattr(half_kernels, "kernel_kind", kind)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_compile_provider_chooses_whose_half_kernels_count(tmp_path, capsys, training,
+                                                          device_with_half_convs):
+    """`compile --precision fp16` places compute by the provider's kernels: by default the CPU's
+    (none here), with `--provider cuda` that provider's (the stand-in's fp16 Conv)."""
+    spec = tmp_path / "amp.yaml"
+    spec.write_text(NET)
+    extra = ["--training"] if training else []
+    conv_types = {}
+    for provider in ("cpu", "cuda"):
+        out = tmp_path / f"{provider}.onnx"
+        assert main(["compile", str(spec), *extra, "--precision", "fp16", "--provider", provider,
+                     "-o", str(out)]) == 0
+        assert f"precision fp16 on the {provider} provider" in capsys.readouterr().out
+        model = onnx.load(out)
+        conv = next(n for n in model.graph.node if n.op_type == "Conv")
+        conv_types[provider] = value_types(model)[conv.input[0]]
+    assert conv_types == {"cpu": TensorProto.FLOAT, "cuda": HALF}
+
+
+def test_compile_refuses_an_absent_provider_before_writing(tmp_path, capsys):
+    spec = tmp_path / "amp.yaml"
+    spec.write_text(NET)
+    out = tmp_path / "m.onnx"
+    assert main(["compile", str(spec), "--precision", "fp16", "--provider", "nosuch",
+                 "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: execution provider 'nosuch' is not available")
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_compile_says_an_fp32_model_is_not_tied_to_the_provider(tmp_path, capsys,
+                                                                device_with_half_convs):
+    spec = tmp_path / "amp.yaml"
+    spec.write_text(NET)
+    assert main(["compile", str(spec), "--provider", "cuda", "-o", str(tmp_path / "m.onnx")]) == 0
+    assert "this fp32 model runs the same on any" in capsys.readouterr().out
+    assert main(["compile", str(spec), "-o", str(tmp_path / "m.onnx")]) == 0
+    assert "runs the same on any" not in capsys.readouterr().out
+
+
 class SkipFlag:
     """A runner's `skipped` output (an OrtValue's numpy())."""
 

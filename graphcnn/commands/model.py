@@ -18,16 +18,20 @@ def cmd_compile(args) -> int:
 
     spec = load_spec(args.spec)
     checked = check_spec(spec, limits(args))
+    from ..runtime.sessions import resolve_provider
+
+    resolve_provider(args.provider)  # an unknown or absent provider fails before lowering
     if args.training:
         return _compile_training(args, spec, checked)
     opts = ExportOptions(seed=args.seed, opset=args.opset, batch=args.batch, weights=args.weights,
                          **weights_options(args), fold_preprocess=args.fold_preprocess,
                          fold_bn=args.fold_bn, precision=args.precision or "fp32",
+                         provider=args.provider,
                          quantize=args.quantize, calibrate=args.calibrate, portable=args.portable,
                          dynamic=tuple(a for a in (args.dynamic or "").split(",") if a))
     # checked.spec: without labels that --set left stale (api.check_spec)
     model, notes = export_to_file(checked, self_contained_text(checked.spec), opts, args.output)
-    for note in notes:
+    for note in notes + _provider_note(args.provider, opts.precision):
         out(note)
     out(f"wrote {args.output}: {checked.reaching_outputs().total_params:,} parameters, opset "
         f"{model.opset_import[0].version}, {len(model.graph.node)} ONNX nodes")
@@ -53,6 +57,10 @@ def _compile_args(p):
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
                    help="weights and compute (default fp32); with --training, the step's "
                         "(default: the recipe's)")
+    p.add_argument("--provider", default="cpu",
+                   help="with --precision fp16/bf16: the execution provider the model is for "
+                        "(cpu, cuda, or a full provider name); compute goes to half precision "
+                        "only where this onnxruntime's kernels for it do that (default cpu)")
     p.add_argument("--quantize", choices=["int8"], default=None, help="static QDQ quantization")
     p.add_argument("--calibrate", default="random", help="calibration .npz (x) or 'random'")
     p.add_argument("--portable", action="store_true",
@@ -61,18 +69,32 @@ def _compile_args(p):
                    help="spatial axes left symbolic in the model, e.g. H,W (see graphcnn sizes)")
 
 
+def _provider_note(provider: str, precision: str) -> list[str]:
+    """--provider only decides where half-precision compute goes: say so when it changed
+    nothing, rather than let the user believe the file is now specific to that provider."""
+    from ..runtime.sessions import resolve_provider
+
+    if precision != "fp32" or resolve_provider(provider)[0] == "CPUExecutionProvider":
+        return []
+    return [f"--provider {provider}: only a --precision fp16/bf16 model is built for a provider; "
+            "this fp32 model runs the same on any"]
+
+
 def _compile_training(args, spec, checked) -> int:
     """`compile --training`: the training-step model of the spec's recipe (--batch overrides
     the recipe's batch)."""
     from ..train.job import save_training_step
 
     recipe, step = save_training_step(spec, checked, args.output, batch=args.batch,
-                                      opset=args.opset, precision=args.precision)
+                                      opset=args.opset, precision=args.precision,
+                                      provider=args.provider)
     out(f"wrote {args.output}: training step ({recipe.loss}, {recipe.optimizer}), batch "
         f"{recipe.batch}, {len(step.params)} parameter tensors, {len(step.state)} state tensors, "
         f"{len(step.model.graph.node)} ONNX nodes")
     if step.report is not None:
         out(step.report.line())
+    for note in _provider_note(args.provider, recipe.precision):
+        out(note)
     scalars = [o.name for o in step.model.graph.output if not o.name.endswith(".new")]
     out("inputs: " + ", ".join(i.name for i in step.model.graph.input[:5]) + ", then each "
         f"carried tensor; outputs: {', '.join(scalars)} and <name>.new per carried tensor")

@@ -22,6 +22,7 @@ class ExportOptions:
     fold_preprocess: bool = False    # the spec's preprocess: inside the graph (uint8 input)
     fold_bn: bool = False
     precision: str = "fp32"          # fp32 | fp16 | bf16
+    provider: str = "cpu"            # whose half kernels a precision places compute on
     quantize: str | None = None      # int8
     calibrate: str = "random"        # .npz or 'random'
     portable: bool = False           # the lint rewrites (graphcnn.lint.portable)
@@ -89,7 +90,8 @@ def _export(checked: CheckedGraph, spec_text: str, opts: ExportOptions, stream: 
     if opts.precision != "fp32":
         from .precision import convert, layer_fp32_rule
 
-        model, report = convert(model, opts.precision, layer_fp32_rule(checked))
+        model, report = convert(model, opts.precision, layer_fp32_rule(checked),
+                                provider=opts.provider)
         notes.append(report.line())
     if opts.quantize:
         from .quantize import calibration_data, quantize_int8

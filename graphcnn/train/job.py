@@ -210,12 +210,14 @@ def export_trained(job: TrainingJob, values) -> None:
 
 
 def save_training_step(spec, checked, output: str | Path, *, batch: int | None = None,
-                       opset: int | None = None, precision: str | None = None):
+                       opset: int | None = None, precision: str | None = None,
+                       provider: str = "cpu"):
     """`graphcnn compile --training`: write the training-step model of the spec's recipe;
-    `batch` and `precision` override the recipe's (a training step always has a fixed batch).
-    Returns the recipe and the step."""
+    `batch` and `precision` override the recipe's (a training step always has a fixed batch),
+    and a half precision computes where `provider` has the kernels. Returns the recipe and the
+    step."""
     recipe = recipe_of(spec).override(batch=batch, precision=precision)
-    step = build_step(checked, recipe, opset=opset)
+    step = build_step(checked, recipe, opset=opset, provider=provider)
     save_model(step.model, output)
     return recipe, step
 
