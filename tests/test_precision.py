@@ -283,6 +283,47 @@ def test_cli_refuses_a_bad_precision(tmp_path, capsys):
     assert "--precision" in err and "'fp32', 'bf16' or 'fp16'" in err and "Traceback" not in err
 
 
+def test_resume_switches_into_and_out_of_fp16(tmp_path, capsys):
+    """A checkpoint of an fp32 run resumes in fp16 with a fresh loss scale, and one of an fp16
+    run in fp32 without it: the parameters carry over, the checkpoints written then hold the
+    scale exactly when their run scales the loss."""
+    from graphcnn.train import loss_scale
+
+    base = write_tiny(tmp_path)
+    out, ckpt = str(tmp_path / "t.onnx"), tmp_path / "t.ckpt.npz"
+
+    def carried():
+        with np.load(ckpt) as held:
+            return {name.split("/", 1)[1]: held[name] for name in held.files if "/" in name}
+
+    assert main(["train", *base, "-o", out]) == 0
+    fp32 = carried()
+    assert not set(loss_scale.STATE) & set(fp32)
+    assert main(["train", *base, "-o", out, "--epochs", "2", "--precision", "fp16",
+                 "--resume", str(ckpt)]) == 0
+    assert "precision fp16" in capsys.readouterr().err
+    fp16 = carried()
+    assert set(fp16) == set(fp32) | set(loss_scale.STATE)
+    assert float(fp16[loss_scale.SCALE][0]) <= loss_scale.INITIAL[loss_scale.SCALE]
+    assert not np.array_equal(fp16["conv.weight"], fp32["conv.weight"])  # it trained on
+    assert main(["train", *base, "-o", out, "--epochs", "3", "--precision", "fp32",
+                 "--resume", str(ckpt)]) == 0
+    assert set(carried()) == set(fp32)
+    assert len((tmp_path / "t.metrics.csv").read_text().splitlines()) == 4
+
+
+def test_resume_still_refuses_a_checkpoint_of_another_network(tmp_path, capsys):
+    base = write_tiny(tmp_path)
+    out = str(tmp_path / "t.onnx")
+    assert main(["train", *base, "-o", out]) == 0
+    other = tmp_path / "other.yaml"
+    other.write_text(NET.replace("channels: 6", "channels: 5"))
+    assert main(["train", str(other), *base[1:], "-o", str(tmp_path / "o.onnx"), "--precision",
+                 "fp16", "--resume", str(tmp_path / "t.ckpt.npz")]) == 1
+    err = capsys.readouterr().err
+    assert "conv.weight" in err and "Traceback" not in err
+
+
 def test_an_fp32_checkpoint_without_the_precision_key_resumes(tmp_path):
     """Checkpoints written before `precision` existed hold recipes without it: fp32."""
     from graphcnn.train.checkpoint import META, load_checkpoint, save_checkpoint

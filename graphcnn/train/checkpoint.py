@@ -44,15 +44,18 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
 
 
 def load_checkpoint(path: str | Path, expected: Mapping[str, tuple] | Iterable[str],
-                    what: str = "--resume") -> Checkpoint:
+                    what: str = "--resume", optional: Mapping[str, tuple] | None = None) -> Checkpoint:
     """The checkpoint of a run whose training step carries exactly `expected` (names with
     their shapes, or names alone), every tensor float32: names, shapes and dtypes checked
     from the headers before any array is read (checkpoints.arrays), then the metadata against
     its schema, so a checkpoint of another spec or a tampered field fails here, before any
-    training. `what` names the option in errors."""
+    training. `optional` names tensors it may hold or lack (read when held, with the shape
+    given). `what` names the option in errors."""
     shapes = expected if isinstance(expected, Mapping) else dict.fromkeys(expected)
     wants = {PREFIX + name: Want(None if shape is None else tuple(shape), "float32", exact=True)
              for name, shape in shapes.items()}
+    wants.update({PREFIX + name: Want(tuple(shape), "float32", required=False, exact=True)
+                  for name, shape in (optional or {}).items()})
     wants[META] = Want((None,), "uint8", exact=True)
     arrays = _read(path, wants, what)
     meta = read_meta(arrays.pop(META), f"{what} {path}")
@@ -61,7 +64,7 @@ def load_checkpoint(path: str | Path, expected: Mapping[str, tuple] | Iterable[s
 
 
 FITTING = "only a checkpoint graphcnn train wrote for this spec fits (the same --set, optimizer " \
-          "and --freeze, and --precision fp16 or not: its loss scale is carried)"
+          "and --freeze)"
 
 
 def _read(path, wants: dict[str, Want], what: str, **options) -> dict[str, np.ndarray]:

@@ -18,10 +18,10 @@ from ..graph import CheckedGraph
 from ..lower.save import save_model
 from ..spec import NetworkSpec
 from .best import best_path
-from .checkpoint import Checkpoint, checkpoint_path, load_checkpoint, stored_recipe
+from .checkpoint import Checkpoint, checkpoint_path, stored_recipe
 from .data import Dataset, load_data
 from .imagedata import image_data, is_image_data
-from .loop import Progress, TrainResult, build_step, carried_shapes, train
+from .loop import Progress, TrainResult, build_step, resume_checkpoint, train
 from .metrics import confusion_paths, metrics_paths, write_confusion, write_metrics
 from .recipe import Recipe, recipe_of
 from .trained_model import weight_names
@@ -74,9 +74,10 @@ def one_input(checked: CheckedGraph) -> None:
 
 def resumed(checked: CheckedGraph, recipe: Recipe, path: str | Path):
     """(the step, the checkpoint at `path` checked against it): names, shapes and dtypes
-    from the headers, the metadata against its schema, before any data is read."""
+    from the headers, the metadata against its schema, before any data is read (the fp16
+    loss scale: loop.resume_checkpoint)."""
     step = build_step(checked, recipe)
-    return step, load_checkpoint(path, carried_shapes(step))
+    return step, resume_checkpoint(path, step)
 
 
 def open_data(source: str | Path, checked: CheckedGraph, recipe: Recipe, workers: int | None):

@@ -9,7 +9,7 @@ read back to numpy only at the end of an epoch, for the evaluation and the check
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +24,7 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import Batch, Dataset, steps_per_epoch
 from .evaluate import Evaluator, Scores
 from .graphs import FixedFeeds, graph_session
+from . import loss_scale
 from .in_place import executed_in_place, optimized_graph_file
 from .recipe import Recipe
 from .schedule import lr_at
@@ -197,13 +198,25 @@ def starting_point(checked, step, recipe: Recipe, rng, resume, init) -> Checkpoi
     from .step import initial_state
 
     if resume is not None:
-        ckpt = resume if isinstance(resume, Checkpoint) else \
-            load_checkpoint(resume, carried_shapes(step))
+        ckpt = resume if isinstance(resume, Checkpoint) else resume_checkpoint(resume, step)
         rng.bit_generator.state = ckpt.rng_state
         return ckpt
     start = initial_state(checked, step, recipe.seed)
     start.update({name: value for name, value in (init or {}).items() if name in start})
     return Checkpoint(start, 0, 0, rng.bit_generator.state)
+
+
+def resume_checkpoint(path, step) -> Checkpoint:
+    """The checkpoint at `path`, checked against `step`'s carried tensors. The fp16 loss scale
+    is the one thing it may hold or lack: a run resumed in another precision drops it, or
+    starts a fresh one (as a new GradScaler would), so a run can switch into or out of fp16."""
+    ckpt = load_checkpoint(path, {name: shape for name, shape in carried_shapes(step).items()
+                                  if name not in loss_scale.STATE},
+                           optional=dict.fromkeys(loss_scale.STATE, loss_scale.SHAPE))
+    fresh = {name: value for name, value in loss_scale.initial_values().items()
+             if name in step.carried and name not in ckpt.values}
+    kept = {name: value for name, value in ckpt.values.items() if name in step.carried}
+    return replace(ckpt, values={**kept, **fresh})
 
 
 def carried_shapes(step) -> dict[str, tuple[int, ...]]:

@@ -6,8 +6,10 @@ gradient is divided by it again, in fp32, before the optimizer sees it. A step w
 hold an inf or a NaN (the scale was too large) changes no parameter and no optimizer state
 (a Where on one flag), halves the scale and reports `skipped` = 1; after `window` steps in a
 row without one (`amp.good` counts them) the scale doubles. Batchnorm running statistics move
-either way, as under torch's scaler (the forward pass updated them). Unlike torch, Adam's
-bias correction still counts a skipped step (the step input is the loop's step number).
+either way, as under torch's scaler (the forward pass updated them). As under torch, a skipped
+step does not advance Adam's bias correction (the loop feeds the applied steps: loop.run_epoch).
+A run resumed in another precision drops the scale or starts a fresh one
+(loop.resume_checkpoint).
 """
 from __future__ import annotations
 
