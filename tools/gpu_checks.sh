@@ -11,6 +11,7 @@
 # 2. tools/check_cuda.py --precision (losses of fp16/bf16 steps against fp32 on CUDA);
 # 3. the gradient tests on the CUDA provider, with both switches on, and the in-place updates'
 #    (a step's new parameters written over the old ones in device memory).
+# 4. compile --precision fp16|bf16 --provider cuda: the inference model's half compute there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 steps=${1:-50}
@@ -30,3 +31,8 @@ GRAPHCNN_CUDA_GRAPH=1 GRAPHCNN_WEIGHT_GRAD=conv GRAPHCNN_TEST_PROVIDER=cuda \
   tests/test_conv_phases.py
 echo "## in-place updates on CUDA (captured graphs keep two buffers, so without them)"
 GRAPHCNN_TEST_PROVIDER=cuda python -m pytest -q -x tests/test_in_place.py
+echo "## compile --precision fp16 for CUDA: the report line says how much runs in half there"
+for p in fp16 bf16; do
+  graphcnn compile specs/resnet18.yaml --precision "$p" --provider cuda -o "/tmp/gpu_check_$p.onnx" \
+    && graphcnn run "/tmp/gpu_check_$p.onnx" --provider cuda --batch 8
+done

@@ -15,11 +15,10 @@ from .registry import command, configure
 @command("compile", "lower a spec to an ONNX model")
 def cmd_compile(args) -> int:
     from ..deploy.export import ExportOptions, export_to_file
+    from ..runtime.sessions import resolve_provider
 
     spec = load_spec(args.spec)
     checked = check_spec(spec, limits(args))
-    from ..runtime.sessions import resolve_provider
-
     resolve_provider(args.provider)  # an unknown or absent provider fails before lowering
     if args.training:
         return _compile_training(args, spec, checked)

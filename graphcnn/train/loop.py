@@ -19,12 +19,12 @@ from ..errors import RunError
 from ..runtime import session
 from ..runtime.sessions import CPU_STEP_MEMORY_PATTERN, resolve_provider
 from ..runtime.failures import quiet_run, run_failure
+from . import loss_scale
 from .best import BestKeeper
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import Batch, Dataset, steps_per_epoch
 from .evaluate import Evaluator, Scores
 from .graphs import FixedFeeds, graph_session
-from . import loss_scale
 from .in_place import executed_in_place, optimized_graph_file
 from .recipe import Recipe
 from .schedule import lr_at
