@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from heapq import heapify, heappop, heappush
 from pathlib import Path
 
+# ops onnxruntime runs as views of their input's buffer (train/memory.py plans them so too)
 VIEWS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
 ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Where", "Max", "Min"})
 HUB = "loss"  # the step's loss: the forward pass is upstream of it, every update downstream

@@ -41,8 +41,7 @@ import numpy as np
 
 from ..runtime.sessions import CPU_STEP_MEMORY_PATTERN
 from ..summary_memory import Value, buffers, packed
-
-VIEWS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}  # onnxruntime aliases these
+from .in_place import VIEWS  # onnxruntime aliases these: a view is its input's buffer
 SHAPE_ONLY = {"Shape", "Size"}  # read no data: onnxruntime folds them (every shape is fixed)
 # onnxruntime's CPU kernels that may write into their first input (MayInplace): the
 # activations; not Add, Mul and the other elementwise math (element_wise_ops.cc)
