@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from . import commands  # noqa: F401  (registers the commands)
-    from .fileio import command_inputs
+    from .fileio import command_inputs, written_files
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         except KeyboardInterrupt as exc:
             signum = getattr(exc, "signum", signal.SIGINT)
-            print(f"{STOPPED[signum]}; no output was changed", file=sys.stderr)
+            written = written_files()
+            print(f"{STOPPED[signum]}; " + (f"written before the stop: {', '.join(written)}"
+                                           if written else "no output was changed"),
+                  file=sys.stderr)
             return 128 + signum
         except BrokenPipeError:
             return 0

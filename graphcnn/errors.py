@@ -1,6 +1,7 @@
 """User-facing errors. Each carries where (file:line:col, node id) and what (expected vs received)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 
@@ -28,8 +29,10 @@ class GraphCnnError(Exception):
         self.via = via  # further locations, e.g. the block instantiation that led here
         super().__init__(self.render())
 
+    source: str | None = None  # the file the error is about, where no `loc` says (`about`)
+
     def render(self) -> str:
-        head = f"{self.loc}: " if self.loc else ""
+        head = f"{self.loc}: " if self.loc else f"{self.source}: " if self.source else ""
         node = f"{self.node}: " if self.node else ""
         parts = [f"{head}{node}{self.message}"]
         if self.expected is not None:
@@ -106,3 +109,18 @@ def nearest(word: str, choices) -> str:
 
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else ""
+
+
+@contextmanager
+def about(path, *others):
+    """Errors raised inside name the file they are about: `path:` goes in front of a message
+    that names neither it nor one of `others` (the other files the work reads), so that
+    "onnxruntime cannot load the model" says which model."""
+    try:
+        yield
+    except GraphCnnError as exc:
+        text = exc.render()
+        if exc.loc is None and not any(str(p) in text for p in (path, *others) if p):
+            exc.source = str(path)
+            exc.args = (exc.render(),)
+        raise

@@ -36,33 +36,43 @@ class _Input:
     path: str  # os.path.realpath: symlinks and ./x spellings end up the same
     ident: tuple[int, int] | None  # (st_dev, st_ino): the same file through a hard link
     updatable: bool
+    folder: bool = False  # a folder read whole (train --data DIR): nothing is written inside
 
 
 _inputs: list[_Input] | None = None  # None: no command is running (library use)
+_written: list[str] = []  # the files the running command has published, in order
 
 
 @contextlib.contextmanager
 def command_inputs() -> Iterator[None]:
     """While a command runs: the files it reads (`note_input`), which no output may replace."""
-    global _inputs
-    saved, _inputs = _inputs, []
+    global _inputs, _written
+    saved, _inputs, saved_written, _written = _inputs, [], _written, []
     try:
         yield
     finally:
-        _inputs = saved
+        _inputs, _written = saved, saved_written
 
 
-def note_input(path: str | Path, updatable: bool = False) -> None:
-    """Record a file the running command reads; outside a command this does nothing."""
+def written_files() -> list[str]:
+    """The outputs the running command has already replaced (an interrupted `train` has
+    written its checkpoint every epoch), each once, in the order first written."""
+    return list(dict.fromkeys(_written))
+
+
+def note_input(path: str | Path, updatable: bool = False, whole_folder: bool = False) -> None:
+    """Record a file the running command reads; outside a command this does nothing.
+    `whole_folder`: a folder whose every file is read (a dataset), so no output may land
+    anywhere inside it."""
     if _inputs is None:
         return
     real = os.path.realpath(path)
     try:
         st = os.stat(real)
-        ident = (st.st_dev, st.st_ino)
+        ident, folder = (st.st_dev, st.st_ino), whole_folder and stat.S_ISDIR(st.st_mode)
     except OSError:
-        ident = None
-    _inputs.append(_Input(real, ident, updatable))
+        ident, folder = None, False
+    _inputs.append(_Input(real, ident, updatable, folder))
 
 
 def check_output(target: str | Path, updating: bool = False) -> os.stat_result | None:
@@ -94,6 +104,11 @@ def _refuse_own_input(target: Path, st: os.stat_result | None, updating: bool) -
         if same and not (updating and source.updatable):
             raise OutputError(f"the output {target} is one of the command's own inputs",
                               received=source.path, hint="write to another file")
+        if source.folder and real.startswith(source.path.rstrip(os.sep) + os.sep):
+            # a file written into a data folder replaces an image or becomes one next run
+            raise OutputError(f"the output {target} lies inside the command's input folder "
+                              f"{source.path}", received=str(target),
+                              hint="write outside the folder the command reads")
 
 
 def _kind(mode: int) -> str:
@@ -145,6 +160,7 @@ def _publish(tmp: Path, target: Path, old: os.stat_result | None) -> None:
     if old is not None:  # an overwritten file keeps its permission bits
         os.chmod(tmp, stat.S_IMODE(old.st_mode))
     os.replace(tmp, target)
+    _written.append(str(target))
 
 
 @contextlib.contextmanager

@@ -546,7 +546,24 @@ def test_entries_read_lazily(tmp_path):
     raw[info.header_offset + 30 + len(info.filename) + len(info.extra)] ^= 0xFF
     path.write_bytes(bytes(raw))  # b's bytes change after the headers were read
     assert ckpt.entries["a"].read().tolist() == [1, 1, 1, 1]
-    assert ckpt.entries["b"].read()[0] != 3.0
+    with pytest.raises(DataError, match="corrupt: tensor 'b' fails its zip member's CRC-32"):
+        ckpt.entries["b"].read()  # read now, not when opened: and checked as np.load checks
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_npz_member_crc_checked(tmp_path, compressed):
+    """A byte flipped inside a member's data (a damaged copy) is refused, not trained on."""
+    path = tmp_path / "w.npz"
+    values = np.arange(1 << 16, dtype=np.float32)  # larger than a read-ahead: the header read stops short
+    (np.savez_compressed if compressed else np.savez)(path, w=values)
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("w.npy")
+    at = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.compress_size - 8
+    raw[at] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"w\.npz.*CRC-32"):
+        read_checkpoint(path).entries["w"].read()
 
 
 def test_npz_fortran_order_and_compressed(tmp_path):

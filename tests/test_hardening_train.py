@@ -404,7 +404,7 @@ def test_run_and_bench_failures_name_the_onnx_and_spec_node(capsys, tmp_path):
     model = broken_model(tmp_path / "broken.onnx")
     np.save(tmp_path / "x.npy", np.zeros((2, 1, 8), np.float32))
     code, err = cli(capsys, "run", model, "--input", tmp_path / "x.npy")
-    assert code == 1 and err.startswith("error: fc: onnxruntime failed at ONNX node 'fc'; "
+    assert code == 1 and err.startswith(f"error: {model}: fc: onnxruntime failed at ONNX node 'fc'; "
                                         "received GEMM: Dimension mismatch"), err
     assert "[E:onnxruntime" not in err
     code, err = cli(capsys, "bench", model, "--batches", "1", "--repeat", "1")

@@ -72,3 +72,26 @@ def test_kill_mid_epoch_then_resume_equals_straight_run(tmp_path):
     assert (a.epoch, a.step) == (b.epoch, b.step) == (3, 2700)
     for name in names:
         np.testing.assert_array_equal(b.values[name], a.values[name])
+
+
+def test_ctrl_c_after_an_epoch_names_the_checkpoint_it_wrote(tmp_path):
+    """Ctrl-C once a checkpoint is written: the message says which output changed (and the
+    model from before is untouched), where it used to say that none had."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4000, 12)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(SPEC.replace("epochs: 3", "epochs: 50"))
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"the previous model")
+    proc = subprocess.Popen(command(spec, tmp_path / "d.npz", out), env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckpt = tmp_path / "m.ckpt.npz"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and f"written before the stop: {ckpt}" in err
+    assert out.read_bytes() == b"the previous model"

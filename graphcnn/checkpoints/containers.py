@@ -13,6 +13,9 @@ CONVENTIONAL = ("state_dict", "model_state_dict", "model", "module", "net", "net
                 "weights", "ema")
 PREFIXES = ("module.", "model.")
 MAX_DEPTH = 32  # nesting deeper than any checkpoint's; bounds the recursion
+# names a checkpoint may hold (ResNet-200's state dict has about 3,000): a pickle whose dicts
+# hold one child twice over, 30 levels deep, is 2 KB and names 2^30 tensors
+MAX_NAMES = 100_000
 
 
 def has_tensors(obj, is_tensor, depth: int = 0, seen: dict | None = None) -> bool:
@@ -88,6 +91,9 @@ def flatten(level: dict, is_tensor, path) -> tuple[dict, list[str]]:
     def walk(node: dict, prefix: str, depth: int) -> None:
         if depth > MAX_DEPTH:
             raise DataError(f"{path}: dicts nested deeper than {MAX_DEPTH} levels")
+        if len(tensors) + len(ignored) + len(node) > MAX_NAMES:
+            raise DataError(f"{path} names more than {MAX_NAMES:,} values (dicts shared "
+                            "between levels multiply them)", expected="a state dict of tensors")
         for k, v in node.items():
             if not isinstance(k, str):
                 if has_tensors(v, is_tensor):

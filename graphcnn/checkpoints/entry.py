@@ -87,6 +87,14 @@ def reading(path, name: str | None = None):
         raise DataError(f"could not read {path}{inside}: {type(e).__name__}: {e}") from e
 
 
+def _skip(stream, start: int, keep: bool) -> bytes:
+    """Move past the member's first `start` bytes, returning them when `keep` (for the CRC)."""
+    if keep:
+        return stream.read(start)
+    stream.seek(start, 1)
+    return b""
+
+
 def read_exact(stream, nbytes: int, path, name: str) -> np.ndarray:
     """Exactly `nbytes` bytes from `stream` into a fresh uint8 array; short means truncated."""
     buffer = np.empty(nbytes, np.uint8)
@@ -136,17 +144,27 @@ def check_member(path, info: zipfile.ZipInfo, name: str) -> None:
 
 def read_member(path, info: zipfile.ZipInfo, start: int, length: int, name: str) -> np.ndarray:
     """Bytes [start, start+length) of a zip member: read in place when stored (torch and
-    np.savez store), through zipfile when compressed. No central directory is parsed again."""
+    np.savez store), through zipfile when compressed. No central directory is parsed again.
+    A read that runs to the member's end is checked against the member's CRC-32 (what
+    np.load checks): a flipped byte is an error, not a weight."""
     check_member(path, info, name)
+    whole = start + length == info.file_size and start <= 1 << 20  # a header, not a storage
     if info.compress_type != zipfile.ZIP_STORED:
         with zipfile.ZipFile(path) as zf, zf.open(info) as member:
-            member.seek(start)
-            return read_exact(member, length, path, name)
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        head = f.read(30)
-        if len(head) != 30 or head[:4] != b"PK\x03\x04":
-            raise DataError(f"{path}: zip member {info.filename} has no local header")
-        name_len, extra_len = struct.unpack("<HH", head[26:30])
-        f.seek(info.header_offset + 30 + name_len + extra_len + start)
-        return read_exact(f, length, path, name)
+            prefix = _skip(member, start, whole)
+            data = read_exact(member, length, path, name)
+    else:
+        with open(path, "rb") as f:
+            f.seek(info.header_offset)
+            head = f.read(30)
+            if len(head) != 30 or head[:4] != b"PK\x03\x04":
+                raise DataError(f"{path}: zip member {info.filename} has no local header")
+            name_len, extra_len = struct.unpack("<HH", head[26:30])
+            f.seek(info.header_offset + 30 + name_len + extra_len)
+            prefix = _skip(f, start, whole)
+            data = read_exact(f, length, path, name)
+    if whole and zlib.crc32(data, zlib.crc32(prefix)) != info.CRC:
+        raise DataError(f"{path} is corrupt: tensor '{name}' fails its zip member's CRC-32 check "
+                        f"({info.filename})", hint="the file was damaged after it was written; "
+                        "use another copy")
+    return data

@@ -55,7 +55,11 @@ def members(zf: zipfile.ZipFile) -> tuple[dict[str, zipfile.ZipInfo], list[str]]
     arrays, others = {}, []
     for info in zf.infolist():
         if info.filename.endswith(".npy"):
-            arrays[info.filename[: -len(".npy")]] = info
+            name = info.filename[: -len(".npy")]
+            if name in arrays:  # np.load would give the last; which one was meant is unknown
+                raise DataError(f"{zf.filename}: array '{name}' appears twice",
+                                expected="one member per name")
+            arrays[name] = info
         else:
             others.append(info.filename)
     return arrays, others

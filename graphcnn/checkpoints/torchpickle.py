@@ -16,6 +16,9 @@ from .dtypes import DTYPES, STORAGE_CLASSES
 
 MAGIC = 0x1950A86A20F9469CFC6C  # first object of torch's legacy (non-zip) format
 LEGACY_PROTOCOL = 1001
+# a view (stride 0, as expand makes) may read its storage more than once: up to this many
+# bytes, for a broadcast buffer; 1.6 KB of pickle would otherwise ask for 6 GB
+MAX_BROADCAST_BYTES = 64 << 20
 
 
 class Refused(DataError):
@@ -125,6 +128,11 @@ def _tensor(storage, offset, size, stride, dtype: str | None) -> TensorRef:
     if end > storage.nbytes:
         raise Bad(f"a tensor of size {list(shape)} reaches byte {end} of storage "
                   f"'{storage.key}', which holds {storage.nbytes} bytes")
+    logical = ref.numel * ref.itemsize
+    if logical > max(storage.nbytes, MAX_BROADCAST_BYTES):
+        raise Bad(f"a tensor of size {list(shape)} and stride {list(stride)} repeats the "
+                  f"{storage.nbytes} bytes of storage '{storage.key}' into {logical:,} bytes "
+                  f"(a broadcast view may make at most {MAX_BROADCAST_BYTES:,})")
     return ref
 
 

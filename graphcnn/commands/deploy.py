@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..api import model_to_run
 from .args import (MAX_BATCH, MAX_REPEAT, non_negative_int, positive_int, spec_positional,
                    weights_args, weights_options)
-from ..errors import RunError
+from ..errors import RunError, about
 from ..runtime import existing_file, load_model
 from ..runtime.sessions import MAX_THREADS
 from .output import out, print_json
@@ -14,14 +14,17 @@ from .registry import command, configure
 @command("bench", "latency and throughput of a model (or spec) in onnxruntime; --compare another")
 def cmd_bench(args) -> int:
     from ..deploy.bench import bench
+    from ..runtime import resolve_provider
 
+    resolve_provider(args.provider)  # before the models: an error about the machine
     model, notes = model_to_run(args.model, args.weights, **weights_options(args))
     for note in notes if not args.json else ():
         out(note)
     models = [model] + ([model_to_run(args.compare)[0]] if args.compare else [])
     batches = _batches(args.batches)
-    report = bench(models, batches, provider=args.provider, threads=args.threads,
-                   repeat=args.repeat, warmup=args.warmup)
+    with about(args.model if not args.compare else f"{args.model} or {args.compare}"):
+        report = bench(models, batches, provider=args.provider, threads=args.threads,
+                       repeat=args.repeat, warmup=args.warmup)
     rows = [[t.row() for t in per_model] for per_model in report["results"]]
     if args.json:
         print_json({"models": [args.model] + ([args.compare] if args.compare else []),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..api import check_spec, load_spec, model_to_run
-from ..errors import RunError
+from ..errors import RunError, about
 from ..spec.expand import self_contained_text
 from .args import (MAX_BATCH, MAX_SEED, limits, non_negative_int, positive_int, spec_arg,
                    spec_positional, weights_args, weights_options)
@@ -102,14 +102,20 @@ def _compile_training(args, spec, checked) -> int:
 
 @command("run", "run a model (or a spec, compiled in memory) in onnxruntime")
 def cmd_run(args) -> int:
-    from ..runtime import random_inputs, run, session
+    from ..runtime import random_inputs, resolve_provider, run, session
 
+    resolve_provider(args.provider)  # before the model: an error about the machine, not it
+    if args.output and not args.output.lower().endswith((".npy", ".npz")):
+        raise RunError("--output writes .npy (one output) or .npz (all outputs)",
+                       received=args.output)
     model, notes = model_to_run(args.model, args.weights, **weights_options(args))
     for note in notes:
         out(note)
-    sess = session(model, args.provider)
-    feeds = _load_inputs(args.input, sess) if args.input else random_inputs(sess, args.batch, args.seed)
-    result = run(sess, feeds)
+    with about(args.model, args.input):
+        sess = session(model, args.provider)
+        feeds = (_load_inputs(args.input, sess) if args.input
+                 else random_inputs(sess, args.batch, args.seed))
+        result = run(sess, feeds)
     for name, value in result.outputs.items():
         out(f"{name}: shape {list(value.shape)}, dtype {value.dtype}")
     out(f"time: {result.seconds * 1000:.2f} ms on {sess.get_providers()[0]}")
@@ -160,10 +166,16 @@ def _input_dtype(ort_type: str) -> str | None:
 def _save_outputs(path: str, outputs: dict) -> None:
     from ..fileio import write_atomic
 
-    if path.endswith(".npz"):
-        write_atomic(path, lambda p: np.savez(open(p, "wb"), **outputs))
+    from ..checkpoints import npz_io
+
+    def save_one(tmp) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.save would add .npy to a name
+            np.save(fh, next(iter(outputs.values())), allow_pickle=False)
+
+    if path.lower().endswith(".npz"):  # npz_io.write: an output named 'file' is no keyword
+        write_atomic(path, lambda tmp: npz_io.write(tmp, outputs))
     elif len(outputs) == 1:
-        write_atomic(path, lambda p: np.save(open(p, "wb"), next(iter(outputs.values()))))
+        write_atomic(path, save_one)
     else:
         raise RunError("the model has several outputs; use an .npz output file",
                        received=path)

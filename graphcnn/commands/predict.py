@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..errors import DataError, RunError
+from ..errors import DataError, RunError, about
 from ..fileio import OutputPath
 from .args import spec_positional, weights_args, weights_options
 from .output import out, print_json
@@ -17,14 +17,17 @@ from .registry import command, configure
 @command("predict", "classify images with a model (or a spec) by the preprocessing it carries")
 def cmd_predict(args) -> int:
     from ..deploy.predictor import Predictor
+    from ..runtime import resolve_provider
 
     _check_args(args)
+    resolve_provider(args.provider)  # before the model: an error about the machine
     for path in args.images:  # before a spec is compiled: a typo should fail at once
         if not Path(path).is_file():
             raise DataError(f"no such image: {path}")
     if args.data:
         return _predict_dataset(args)
-    predictor = Predictor(_model(args), args.provider)
+    with about(args.model, *args.images):
+        predictor = Predictor(_model(args), args.provider)
     for note in predictor.notes:
         warn(note)
     rows, step = [], predictor.fixed_batch or args.batch
@@ -70,7 +73,8 @@ def _check_args(args) -> None:
         raise RunError("give IMAGE... or --data, not both")
     if (args.data is None) != (args.out is None):
         raise RunError("--data and --out go together")
-    args.batch = args.batch or (32 if args.data else 8)
+    if args.batch is None:
+        args.batch = 32 if args.data else 8
     numbers = [args.top, args.batch, args.workers or 1, args.threads_per_worker or 1]
     if min(numbers) < 1:
         raise RunError("--top, --batch, --workers and --threads-per-worker take positive numbers",
@@ -110,7 +114,8 @@ def _run_local(model, paths, args, layout):
 
     # no spinning: the decoding threads share the cores (ResNet-18, 2 cores: 19.4 s for 400
     # images, 21.5 s spinning during runs)
-    predictor = Predictor(model, args.provider, spinning="never")
+    with about(args.model):
+        predictor = Predictor(model, args.provider, spinning="never")
     for note in predictor.notes:
         warn(note)
     return run_local(predictor, paths, args.out, layout, args.batch)

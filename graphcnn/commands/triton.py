@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import RunError
+from ..errors import RunError, about
 from .args import spec_positional, weights_args, weights_options
 from .output import out
 from .registry import command, configure
@@ -161,10 +161,11 @@ def _model_writer(args):
     from ..lower.save import save_model
 
     def write(path):
-        model, notes = model_with_weights(args.model, args.weights, **weights_options(args))
-        for note in notes:
-            out(note)
-        save_model(model, path)
+        with about(args.model):
+            model, notes = model_with_weights(args.model, args.weights, **weights_options(args))
+            for note in notes:
+                out(note)
+            save_model(model, path)
         return model
     return write
 

@@ -139,8 +139,8 @@ def result_columns(predictor, layout: Layout, decoded, paths) -> Columns:
     outputs = dict(zip(kept, predictor.predict([decoded[i][0] for i in kept])))
     columns: Columns = {name: [] for name, _ in layout.names()}
     for i, path in enumerate(paths):
-        columns["path"].append(path)
-        columns["error"].append(decoded[i][1])
+        columns["path"].append(utf8_text(path))
+        columns["error"].append(utf8_text(decoded[i][1]))
         _add_result(columns, predictor, layout, outputs.get(i))
     return columns
 
@@ -159,8 +159,20 @@ def _add_result(columns: Columns, predictor, layout: Layout, y) -> None:
 def error_columns(layout: Layout, paths, errors) -> Columns:
     """Rows of images that never reached a model (missing files)."""
     columns: Columns = {name: [None] * len(paths) for name, _ in layout.names()}
-    columns["path"], columns["error"] = list(paths), list(errors)
+    columns["path"], columns["error"] = list(map(utf8_text, paths)), list(map(utf8_text, errors))
     return columns
+
+
+def utf8_text(text: str | None) -> str | None:
+    """A file name that is no UTF-8 (Python holds its bytes as lone surrogates) written with
+    its bytes escaped, \\xe9: CSV and Parquet cells are UTF-8 text."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def arrow_table(columns: Columns, layout: Layout):

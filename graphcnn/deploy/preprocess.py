@@ -31,9 +31,9 @@ def read_recipe(model: onnx.ModelProto) -> Recipe | None:
         return None
     try:
         section = PreprocessSection.model_validate(json.loads(meta[PREPROCESS]))
-    except ValueError as exc:  # json.JSONDecodeError and pydantic's ValidationError
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, ValidationError, nesting
         raise RunError(f"the model's {PREPROCESS} metadata is malformed: "
-                       f"{str(exc).splitlines()[0]}") from None
+                       f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
     return Recipe.of(section, folded=meta.get(FOLDED) == "true")
 
 
@@ -44,7 +44,7 @@ def read_labels(model: onnx.ModelProto) -> list[str] | None:
         return None
     try:
         labels = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         labels = None
     if not (isinstance(labels, list) and 0 < len(labels) <= MAX_LABELS
             and all(isinstance(name, str) for name in labels)):

@@ -66,7 +66,7 @@ def failure(exc: Exception, ours: bool, doing: str) -> RunError:
         where, spec = "", None
     spec = spec if ours else None
     return RunError(doing + where, node=spec, received=status_message(text),
-                    hint="graphcnn wrote this node: please report it with the spec"
+                    hint="if graphcnn wrote this file as it is, please report this with the spec"
                     if spec and node else None)
 
 

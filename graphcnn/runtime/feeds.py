@@ -55,7 +55,16 @@ def random_values(rng, onnx_type: str, dims: list[int]) -> np.ndarray:
 def dynamic_sizes(sess) -> dict[str, int]:
     """A size that fits each dynamic spatial axis (`compile --dynamic` records the checked one)."""
     text = sess.get_modelmeta().custom_metadata_map.get("graphcnn_dynamic", "")
-    return {k: int(v) for k, v in (item.split("=") for item in text.split(",") if item)}
+    sizes = {}
+    for item in (i for i in text.split(",") if i):
+        name, equals, value = item.partition("=")
+        if not (equals and name.strip() and value.strip().isascii() and value.strip().isdigit()
+                and 0 < int(value) <= 2 ** 31 - 1):
+            raise RunError("the model's graphcnn_dynamic metadata is malformed",
+                           expected="name=size pairs, comma-separated, sizes from 1 "
+                           "(what compile --dynamic writes)", received=text[:200])
+        sizes[name.strip()] = int(value)
+    return sizes
 
 
 def run(sess, feeds: dict[str, np.ndarray]) -> RunResult:

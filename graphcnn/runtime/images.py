@@ -104,7 +104,7 @@ def open_image(path: str | Path, mode: str = "RGB", data: bytes | None = None):
             with Image.open(source) as im:
                 _check_pixels(path, im.size)
                 im.load()
-                return im.convert(mode)
+                return _eight_bit(im).convert(mode)
     except DataError:
         raise
     except Image.DecompressionBombError:  # Pillow's own limit, checked as it opens the file
@@ -116,6 +116,21 @@ def open_image(path: str | Path, mode: str = "RGB", data: bytes | None = None):
     except Exception as exc:  # Pillow raises OSError, SyntaxError, struct.error ... on bad files
         text = str(exc).replace(repr(source), repr(str(path)))  # bytes or file: one message
         raise DataError(f"cannot read image {path}: {text or type(exc).__name__}") from None
+
+
+def _eight_bit(im):
+    """A 16-bit grayscale image (PNG, TIFF) scaled to 0..255: Pillow's convert clips it,
+    so a 0..65535 gradient would come out all white past its first 255 levels."""
+    from PIL import Image
+
+    if not (im.mode.startswith("I;16") or im.mode == "I"):
+        return im
+    values = np.asarray(im)
+    if im.mode == "I" and values.min(initial=0) >= 0 and values.max(initial=0) <= 255:
+        return im  # 32-bit integers that hold 8-bit values: nothing to scale
+    wide = np.clip(values, 0, 65535).astype(np.uint32)
+    scaled = (wide * 255 + 32767) // 65535  # rounded, as ImageMagick maps 16 bits to 8
+    return Image.fromarray(scaled.astype(np.uint8), "L")
 
 
 def _check_pixels(path: Path, size: Size) -> None:
@@ -130,7 +145,8 @@ def image_pixels(path: str | Path, recipe: Recipe, size: Size | None = None,
     """uint8 [C, H, W] in the recipe's channel order, resized and center-cropped; `size`
     resizes exactly to (H, W) instead (for a model without a recipe); `data`: the file's bytes."""
     im = open_image(path, "L" if recipe.channels == "L" else "RGB", data)
-    im = resize(im, (size[0], size[1]) if size is not None else recipe.resize, recipe.interpolation)
+    im = resize(im, (size[0], size[1]) if size is not None else recipe.resize, recipe.interpolation,
+                path)
     data = np.asarray(im, dtype=np.uint8)
     data = data[:, :, None] if data.ndim == 2 else data
     if recipe.crop is not None and size is None:
@@ -140,14 +156,20 @@ def image_pixels(path: str | Path, recipe: Recipe, size: Size | None = None,
     return np.ascontiguousarray(data.transpose(2, 0, 1))
 
 
-def resize(im, resize_to, interpolation: str = "bilinear"):
-    """torchvision's Resize on a PIL image (Pillow's filters antialias when they shrink)."""
+def resize(im, resize_to, interpolation: str = "bilinear", path: str | Path | None = None):
+    """torchvision's Resize on a PIL image (Pillow's filters antialias when they shrink).
+    The result's size is checked against MAX_PIXELS too: resizing the short side of a long thin
+    image (a 1,000,000 x 1 strip of 1 KB, to 64) would make it 64,000,000 x 64."""
     from PIL import Image
 
     filters = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
     height, width = resized_size(im.height, im.width, resize_to)
     if (height, width) == (im.height, im.width):
         return im
+    if height * width > MAX_PIXELS:
+        raise DataError(f"image {path or ''}: resizing its {im.width}x{im.height} pixels to "
+                        f"{resize_to} would make {width}x{height}",
+                        expected=f"at most {MAX_PIXELS:,} pixels after the resize")
     return im.resize((width, height), filters[interpolation])
 
 

@@ -100,7 +100,7 @@ class TrainingSection(BaseModel):
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     betas: tuple[Decay, Decay] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0, allow_inf_nan=False)
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1, le=10 ** 6)  # as --epochs (commands/args.MAX_EPOCHS)
     batch: int = Field(100, ge=1)
     data: str | None = None
     seed: int = Field(0, ge=0)

@@ -14,6 +14,7 @@ are decoded (train/images.py).
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import numpy as np
 from ..errors import DataError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits: str.isdigit also takes "²"
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ def class_folders(root: Path) -> dict[str, list[Path]]:
     if not folders:
         raise DataError(f"{root}: no class folders", expected="one folder of images per class, "
                         f"e.g. {root}/cat/1.png")
+    for folder in folders:
+        readable_name(folder)
     found = {f.name: sorted(p for p in f.rglob("*") if is_image(p)) for f in folders}
     empty = [name for name, files in found.items() if not files]
     if len(empty) == len(found):
@@ -58,6 +62,17 @@ def class_folders(root: Path) -> dict[str, list[Path]]:
                         + (f" (nor do {', '.join(empty[1:4])})" if len(empty) > 1 else ""),
                         expected=f"files ending in {', '.join(EXTENSIONS)} in every class folder")
     return found
+
+
+def readable_name(folder: Path) -> None:
+    """A class name goes into the model's metadata and the metrics as UTF-8 text: a folder
+    name of other bytes (decoded by Python as lone surrogates) is refused before training."""
+    try:
+        folder.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"class folder {ascii(str(folder))}: its name is not UTF-8 text",
+                        expected="class folder names in UTF-8 (they become the model's labels)",
+                        hint="rename the folder") from None
 
 
 def folder_dataset(root: Path, names: list[str] | None = None):
@@ -92,7 +107,11 @@ def csv_dataset(path: Path, names: list[str] | None = None):
     """(images, class names or None) of a CSV of `path,label` rows."""
     rows = csv_rows(path)
     labels = [label for _, label in rows]
-    if all(label.lstrip("-").isdigit() for label in labels):
+    if all(INTEGER.fullmatch(label) for label in labels):
+        row = next((i for i, label in enumerate(labels, 1) if abs(int(label)) >= 2 ** 31), None)
+        if row is not None:  # the class-count check comes later, on int64 numbers
+            raise DataError(f"{path}: row {row}'s label is out of range", received=labels[row - 1],
+                            expected="a class number from 0")
         numbers = np.array([int(label) for label in labels], np.int64)
     else:
         names = names if names is not None else sorted(set(labels))

@@ -59,9 +59,10 @@ def prepare(spec: NetworkSpec, checked: CheckedGraph, output: str | Path, *,
     one_input(checked)
     base = recipe_of(spec) if resume is None else Recipe(**stored_recipe(resume))
     recipe = base.override(data=None if data is None else str(data), **overrides)
+    source = data_source(recipe.data, spec_path)  # noted as an input before outputs are checked
     output = output_path(output)
     step, start = resumed(checked, recipe, resume) if resume is not None else (None, None)
-    dataset = open_data(data_source(recipe.data, spec_path), checked, recipe, workers)
+    dataset = open_data(source, checked, recipe, workers)
     return TrainingJob(spec, checked, recipe, dataset, output, label, step, start)
 
 
@@ -77,7 +78,12 @@ def resumed(checked: CheckedGraph, recipe: Recipe, path: str | Path):
     from the headers, the metadata against its schema, before any data is read (the fp16
     loss scale: loop.resume_checkpoint)."""
     step = build_step(checked, recipe)
-    return step, resume_checkpoint(path, step)
+    start = resume_checkpoint(path, step)
+    if start.epoch > recipe.epochs:  # equal: a finished run, exported again without training
+        raise RunError(f"--resume {path} has already trained {start.epoch} epochs, more than "
+                       f"the {recipe.epochs} asked for", hint=f"give --epochs {start.epoch + 1} or "
+                       "more to train on, or the same count to export it as it is")
+    return step, start
 
 
 def open_data(source: str | Path, checked: CheckedGraph, recipe: Recipe, workers: int | None):
@@ -119,7 +125,7 @@ def data_source(data: str | None, spec_path: str | Path | None) -> str | Path:
         path = Path(spec_path).parent / path
     if not path.exists():
         raise DataError(f"no such data file or folder: {data}")
-    note_input(path)  # the spec's training.data is no argument the CLI saw
+    note_input(path, whole_folder=True)  # the spec's training.data: no argument the CLI saw
     return path
 
 

@@ -166,7 +166,10 @@ def train(checked, recipe: Recipe, data: Dataset, *, checkpoint: str | Path | No
     runner = StepRunner(step, ckpt.values, provider, threads)
     evaluate = Evaluator(checked, recipe.loss, provider, ignore_index=recipe.ignore_index)
     history, step_no, values, scores = list(ckpt.history), ckpt.step, ckpt.values, None
-    progress.on_start(ckpt.epoch + 1, recipe.epochs, steps_per_epoch(len(data), recipe.batch))
+    if ckpt.epoch < recipe.epochs:
+        progress.on_start(ckpt.epoch + 1, recipe.epochs, steps_per_epoch(len(data), recipe.batch))
+    else:
+        progress.on_note(f"the checkpoint has trained all {recipe.epochs} epochs: nothing to train")
     for epoch in range(ckpt.epoch + 1, recipe.epochs + 1):
         if history and keeper.stop(history):
             break

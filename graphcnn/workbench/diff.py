@@ -237,16 +237,20 @@ def diff_weights(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> WeightsD
 
 
 def tensor_diff(name: str, a: np.ndarray, b: np.ndarray) -> TensorDiff:
-    # float64: fp16/bf16/int tensors compare exactly; a NaN on one side only is an infinite
-    # difference, a NaN on both sides none
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    # float64 (complex128 for complex ones: their imaginary parts count): fp16/bf16/int
+    # tensors compare exactly; a NaN on one side only is an infinite difference, a NaN on both
+    # sides none, and so is the same infinity on both sides
+    wide = np.complex128 if np.iscomplexobj(a) or np.iscomplexobj(b) else np.float64
+    a, b = np.asarray(a, wide), np.asarray(b, wide)
     if a.size == 0:
         return TensorDiff(name, a.shape, 0.0, 0.0)
-    gap = np.abs(a - b)
-    gap[np.isnan(a) & np.isnan(b)] = 0.0
-    worst = float(np.nan_to_num(gap, nan=np.inf).max())
+    with np.errstate(invalid="ignore"):  # inf - inf
+        gap = np.abs(a - b)
+    gap[(a == b) | (np.isnan(a) & np.isnan(b))] = 0.0
+    worst = float(np.nan_to_num(gap, nan=np.inf, posinf=np.inf).max())
     scale = float(max(np.nanmax(np.abs(a), initial=0.0), np.nanmax(np.abs(b), initial=0.0)))
-    relative = worst / scale if scale else (0.0 if worst == 0 else np.inf)
+    relative = (np.inf if np.isinf(worst) else worst / scale if scale
+                else 0.0 if worst == 0 else np.inf)
     return TensorDiff(name, a.shape, worst, relative)
 
 
