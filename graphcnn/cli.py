@@ -36,21 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from . import commands  # noqa: F401  (registers the commands)
-    from .fileio import command_inputs, written_files
+    from .fileio import command_inputs, stop_signal, written_files
 
     parser = build_parser()
     args = parser.parse_args(argv)
     with command_inputs(), signals_as_interrupts():
         try:
             declare_files(args)
-            return args.handler(args) or 0
+            code = args.handler(args) or 0
+            if stop_signal() is not None:  # its KeyboardInterrupt was swallowed on the way
+                raise KeyboardInterrupt
+            return code
         except GraphCnnError as exc:
             if args.verbose:
                 traceback.print_exc()
             print(f"error: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt as exc:
-            signum = getattr(exc, "signum", signal.SIGINT)
+            signum = stop_signal() or getattr(exc, "signum", signal.SIGINT)
             written = written_files()
             print(f"{STOPPED[signum]}; " + (f"written before the stop: {', '.join(written)}"
                                            if written else "no output was changed"),
@@ -58,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             return 128 + signum
         except BrokenPipeError:
             return 0
+        except MemoryError:  # the last net: sizes are checked before allocating where known
+            if args.verbose:
+                traceback.print_exc()
+            print("error: this machine ran out of memory for the command", file=sys.stderr)
+            return 1
 
 
 def declare_files(args) -> None:
@@ -100,7 +108,17 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_terminated(signum, frame):
+    from .fileio import note_stop
+
+    note_stop(signum)
     raise Terminated(signum)
+
+
+def _raise_interrupt(signum, frame):
+    from .fileio import note_stop
+
+    note_stop(signum)
+    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -113,6 +131,7 @@ def signals_as_interrupts():
         yield
         return
     saved = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
+    saved[signal.SIGINT] = signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         yield
     finally:

@@ -40,14 +40,36 @@ class _Input:
 
 
 _inputs: list[_Input] | None = None  # None: no command is running (library use)
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # read once, at import: setting it races with threads' files
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 _written: list[str] = []  # the files the running command has published, in order
+_stop: int | None = None  # a stop signal that reached the running command (cli's handlers)
+
+
+def note_stop(signum: int) -> None:
+    """A stop signal arrived. Its KeyboardInterrupt may be swallowed where it lands (Python
+    prints "Exception ignored" for one raised inside a weakref callback or __del__): with
+    the note, no output is published after it and the command still ends as stopped."""
+    global _stop
+    _stop = signum
+
+
+def stop_signal() -> int | None:
+    return _stop
 
 
 @contextlib.contextmanager
 def command_inputs() -> Iterator[None]:
     """While a command runs: the files it reads (`note_input`), which no output may replace."""
-    global _inputs, _written
-    saved, _inputs, saved_written, _written = _inputs, [], _written, []
+    global _inputs, _written, _stop
+    saved, _inputs, saved_written, _written, _stop = _inputs, [], _written, [], None
     try:
         yield
     finally:
@@ -155,10 +177,14 @@ def atomic_paths(*targets: str | Path, updating: bool = False) -> Iterator[list[
 
 
 def _publish(tmp: Path, target: Path, old: os.stat_result | None) -> None:
+    if _stop is not None:  # stopped, though the interrupt itself was swallowed somewhere
+        raise KeyboardInterrupt(_stop)
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     if old is not None:  # an overwritten file keeps its permission bits
         os.chmod(tmp, stat.S_IMODE(old.st_mode))
+    else:  # a new one gets what open() gives, whatever its writer chose (onnx's .data: 0600)
+        os.chmod(tmp, 0o666 & ~_UMASK)
     os.replace(tmp, target)
     _written.append(str(target))
 
@@ -182,3 +208,20 @@ def write_bytes_atomic(target: str | Path, data: bytes) -> None:
 
 def write_text_atomic(target: str | Path, text: str) -> None:
     write_bytes_atomic(target, text.encode("utf-8"))
+
+
+def is_file(path: str | Path) -> bool:
+    """Path.is_file that answers False for a name the system refuses (too long: ENAMETOOLONG;
+    a NUL byte), where Python 3.11's raises."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def exists(path: str | Path) -> bool:
+    """Path.exists, False for a name the system refuses (as is_file)."""
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):
+        return False

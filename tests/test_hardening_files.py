@@ -121,3 +121,44 @@ def test_npz_with_a_member_twice_is_refused(capsys, tmp_path, model):
         read_checkpoint(path)
     code, _, err = cli(capsys, "run", model, "--input", path)
     assert code == 1 and "appears twice" in err, err
+
+
+def test_a_new_output_gets_the_usual_permissions_whatever_its_writer_chose(tmp_path):
+    """onnx writes external data (models past 2 GiB) as 0600, beside a 0644 model."""
+    import os
+    import stat
+
+    from graphcnn.fileio import write_atomic
+
+    def private(tmp):
+        tmp.write_bytes(b"weights")
+        os.chmod(tmp, 0o600)
+
+    write_atomic(tmp_path / "m.onnx.data", private)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "m.onnx.data").stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_swallowed_interrupt_still_stops_before_publishing(capsys, tmp_path, monkeypatch):
+    """Ctrl-C whose KeyboardInterrupt Python swallowed ("Exception ignored in: <function
+    _get_module_lock...>" when it landed in an import's callback): compile went on and
+    replaced the output, exit 0. The handler's note now stops the rename and the exit."""
+    import signal
+
+    import graphcnn.lower.save as save
+    from graphcnn.fileio import note_stop
+
+    checked = save.full_check
+
+    def check_then_swallowed_interrupt(*args, **kwargs):
+        checked(*args, **kwargs)
+        note_stop(signal.SIGINT)  # what the handler does before its exception is lost
+
+    monkeypatch.setattr(save, "full_check", check_then_swallowed_interrupt)
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"previous")
+    code, _, err = cli(capsys, "compile", SPECS / "mnist1d_cnn.yaml", "-o", out)
+    assert code == 130 and "interrupted; no output was changed" in err, err
+    assert out.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

@@ -179,3 +179,35 @@ def test_spec_epochs_bounded_as_the_flag(capsys, spec, folder, tmp_path):
     code, _, err = cli(capsys, "train", spec, "--data", folder, "--set",
                        "training.epochs=100000000", "-o", tmp_path / "m.onnx")
     assert code == 1 and "less than or equal to 1000000" in err, err
+
+
+def test_predict_on_a_folder_or_fifo_says_what_it_is(capsys, spec, folder, tmp_path):
+    """Before: "no such image" for a path that exists."""
+    code, _, err = cli(capsys, "predict", spec, folder)
+    assert code == 1 and f"image {folder} is not a regular file" in err and "a folder" in err
+    os.mkfifo(tmp_path / "pipe.png")
+    code, _, err = cli(capsys, "predict", spec, tmp_path / "pipe.png")
+    assert code == 1 and "is not a regular file" in err and "FIFO" in err, err
+
+
+def test_freezing_every_layer_is_refused(capsys, spec, folder, tmp_path):
+    """Before: accepted, and a model written from a run that trained nothing."""
+    code, _, err = cli(capsys, "train", spec, "--data", folder, "--freeze", "*",
+                       "-o", tmp_path / "m.onnx")
+    assert code == 1 and "--freeze leaves no parameter to train" in err, err
+
+
+def test_a_section_check_reads_once(capsys, spec, folder, tmp_path):
+    """Before: "bad value for --augment: Value error, ...; received [0.5, 0.1]; received
+    {'random_resized_crop': ..., 'ratio': ..., ...}" (no --augment flag exists)."""
+    code, _, err = cli(capsys, "train", spec, "--data", folder, "--random-resized-crop",
+                       "0.5,0.1", "-o", tmp_path / "m.onnx")
+    assert code == 1 and err.strip() == (
+        "error: bad value for the augment settings: random_resized_crop is [low, high] with "
+        "low <= high; received [0.5, 0.1]"), err
+
+
+def test_a_scalar_in_an_npz_is_named_as_one(capsys, spec, tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.float32(1.0), y=np.int64(0))
+    code, _, err = cli(capsys, "train", spec, "--data", tmp_path / "d.npz", "-o", tmp_path / "m.onnx")
+    assert code == 1 and "x is a single number" in err, err

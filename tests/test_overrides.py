@@ -102,7 +102,8 @@ def test_set_replaces_adds_and_deletes():
     assert check_spec(spec).shape_of("sigmoid_1") == (4,)
     assert spec.inputs == {"x": [1, 64]}
     assert load_spec(CNN, ["nodes.7.features=3"]).nodes[7].features == 3  # by position
-    assert load_spec(CNN, ["name="]).name == ""  # Hydra: nothing after '=' is ''
+    with pytest.raises(GraphCnnError, match="bad value for 'name'.*received ''$"):
+        load_spec(CNN, ["name="])  # Hydra: nothing after '=' is '' (and a name may not be empty)
 
 
 def test_ids_with_dots_and_block_nodes(tmp_path):

@@ -7,8 +7,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..errors import DataError, RunError, about
-from ..fileio import OutputPath
+from ..errors import RunError, about
+from ..fileio import OutputPath, is_file
+from ..runtime.images import not_an_image_file
 from .args import spec_positional, weights_args, weights_options
 from .output import out, print_json
 from .registry import command, configure
@@ -22,8 +23,8 @@ def cmd_predict(args) -> int:
     _check_args(args)
     resolve_provider(args.provider)  # before the model: an error about the machine
     for path in args.images:  # before a spec is compiled: a typo should fail at once
-        if not Path(path).is_file():
-            raise DataError(f"no such image: {path}")
+        if not is_file(path):
+            raise not_an_image_file(Path(path))
     if args.data:
         return _predict_dataset(args)
     with about(args.model, *args.images):

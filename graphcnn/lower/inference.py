@@ -1,10 +1,12 @@
 """CheckedGraph -> ONNX ModelProto for inference."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 import numpy as np
+
 import onnx
 from onnx import TensorProto, helper
 
@@ -116,7 +118,13 @@ def parameter_values(name: str, node_id: str, param, seed: int, weights) -> np.n
             raise CompileError(f"weight '{name}' has the wrong shape", node=node_id,
                                expected=str(list(param.shape)), received=str(list(values.shape)))
     else:
-        values = initial_value(name, param, seed)
+        try:
+            values = initial_value(name, param, seed)
+        except MemoryError:  # a network check admits (under --max-params) but this machine not
+            size = 4 * math.prod(param.shape)
+            raise CompileError(f"not enough memory to draw weight '{name}' ({size / 2**30:.1f} "
+                               "GiB)", node=node_id, hint="a smaller layer, or a machine with "
+                               "more memory") from None
     return np.ascontiguousarray(values.astype("<f4", copy=False))
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import GraphCnnError, GraphError, Location, SpecError
+from ..fileio import is_file
 from ..layers import Layer
 from .early_shapes import EarlyShapes, ShapeRead
 from .exprs import Inputs, substitute
@@ -166,7 +167,7 @@ def load_imports(spec: NetworkSpec) -> dict[str, tuple[BlockDef, _Source]]:
 
 def _import_library(base: Path, name: str, loc, found: dict, seen: set, depth: int) -> None:
     path = base / name
-    if not path.is_file():
+    if not is_file(path):
         raise SpecError(f"imported block file '{name}' not found", loc=loc,
                         expected=f"a file at {path}")
     if path.resolve() in seen:

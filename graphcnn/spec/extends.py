@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Location, SpecError, nearest
+from ..fileio import is_file
 from .yamlio import LocatedData, grafted, load_yaml, read_text
 
 MAX_EXTENDS_DEPTH = 16
@@ -56,7 +57,7 @@ def _resolve(located: LocatedData, folder: Path, chain: tuple[Path, ...]) -> Loc
 
 
 def _check_chain(path: Path, name: str, chain: tuple[Path, ...], loc: Location | None) -> None:
-    if not path.is_file():
+    if not is_file(path):
         raise SpecError(f"base spec '{name}' not found", loc=loc, expected=f"a file at {path}")
     if path.resolve() in chain:
         cycle = " -> ".join(p.name for p in chain + (path.resolve(),))

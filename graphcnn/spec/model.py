@@ -10,6 +10,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, 
                       model_validator)
 
 from ..errors import Location, SpecError, nearest, shown
+from ..fileio import exists, is_file
 from ..gcpause import gc_paused
 from ..layers import REGISTRY, Layer
 from ..layers.base import on_registry_change
@@ -92,7 +93,7 @@ class NetworkSpec(BaseModel):
     """A network: named inputs (shapes without the batch, channels first), nodes, outputs."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str
+    name: str = Field(min_length=1)  # the ONNX graph's name, which may not be empty
     inputs: dict[str, list[Dim]]
     nodes: list[Node] = Field(min_length=1)
     outputs: list[str] | None = None
@@ -110,9 +111,23 @@ class NetworkSpec(BaseModel):
     _source: LocatedData | None = PrivateAttr(default=None)
     _path: Path | None = PrivateAttr(default=None)
 
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _sizes_are_sizes(cls, inputs):
+        """Before pydantic reads `true` as 1 and `''` as a symbol with no name."""
+        for name, shape in (inputs.items() if isinstance(inputs, dict) else ()):
+            for d in shape if isinstance(shape, list) else ():
+                if isinstance(d, bool) or (isinstance(d, str) and not d.strip()):
+                    what = "true/false" if isinstance(d, bool) else "an empty name"
+                    raise ValueError(f"input '{name}': {what} is not a size; expected positive "
+                                     "integers or symbols such as H")
+        return inputs
+
     @field_validator("inputs")
     @classmethod
     def _shapes_positive(cls, inputs: dict[str, list[Dim]]) -> dict[str, list[Dim]]:
+        if not inputs:
+            raise ValueError("a network needs at least one input, e.g. {x: [3, 32, 32]}")
         for name, shape in inputs.items():
             if not 2 <= len(shape) + 1 <= 5:
                 raise ValueError(f"input '{name}' needs [F], [C, L], [C, H, W] or [C, D, H, W] "
@@ -160,11 +175,11 @@ class NetworkSpec(BaseModel):
         if text is None:
             text = read_text(source)
         located = load_yaml(text, str(source) if source is not None else None)
-        path = Path(str(source)) if source is not None and Path(str(source)).is_file() else None
+        path = Path(str(source)) if source is not None and is_file(str(source)) else None
         folder = path.parent if path is not None else Path(".")
         located = apply_overrides(resolve_extends(located, path), overrides, folder)
         spec = parse_located(cls, located)
-        spec._path = Path(source) if text is not None and source and Path(str(source)).exists() else None
+        spec._path = Path(source) if text is not None and source and exists(str(source)) else None
         return spec
 
     @classmethod
@@ -308,6 +323,9 @@ def check_op(node: Any, located: LocatedData | None, path: tuple) -> None:
     if op is None:
         raise SpecError("node has no 'op'", loc=where(path), node=node.get("id"),
                         expected="one of: " + ", ".join(sorted(REGISTRY)))
+    if not isinstance(op, str):  # a list or mapping is no name (and no dict key)
+        raise SpecError("an op is a name such as relu", loc=where(path + ("op",)),
+                        node=node.get("id"), received=repr(op)[:200])
     if op not in REGISTRY:
         hint = nearest(str(op), REGISTRY)
         raise SpecError(f"unknown op '{op}'" + (f"; {hint}" if hint else ""),

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Location, SpecError, nearest
+from ..fileio import is_file
 from .labels import check_label_count, spec_labels
 from .yamlio import LocatedData, grafted, load_yaml, read_text
 
@@ -130,7 +131,7 @@ def _library_blocks(folder: Path, names: Any, found: dict, seen: set, depth: int
     A missing or malformed library is passed over: expansion refuses it at its line."""
     for name in names if isinstance(names, list) and depth <= MAX_IMPORT_DEPTH else ():
         path = folder / str(name)
-        if not path.is_file() or path.resolve() in seen:
+        if not is_file(path) or path.resolve() in seen:
             continue
         seen.add(path.resolve())
         library = load_yaml(read_text(path), str(path))

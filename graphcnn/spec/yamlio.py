@@ -70,8 +70,30 @@ def read_text(path: str | Path, limit: int = MAX_FILE_BYTES) -> str:
             raise SpecError(f"spec file is {max(size, len(data)):,}{'+' if len(data) > limit else ''} "
                             "bytes", loc=Location(str(path), 1, 1), expected=f"at most {limit:,} bytes")
         return data.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read spec file: {exc}") from None
+    except UnicodeDecodeError as exc:  # the place of the first bad byte, as an editor counts
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SpecError("spec file is not UTF-8 text", loc=Location(str(path), line, col),
+                        received=f"byte {data[exc.start:exc.start + 1]!r}") from None
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file {path}: {exc.strerror or exc}") from None
+
+
+def _check_depth(text: str, file: str | None) -> None:
+    """Nesting counted on the parser's event stream before anything is composed: LibYAML's
+    composer recurses in C, and 30,000 nested brackets (60 KB) overflow its stack (a segfault,
+    which no `except` sees)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_LOADER):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                raise SpecError("YAML nesting too deep", loc=Location(file, mark.line + 1,
+                                                                     mark.column + 1),
+                                expected=f"at most {MAX_DEPTH} levels")
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
 
 
 def load_yaml(text: str, file: str | None = None) -> LocatedData:
@@ -80,6 +102,12 @@ def load_yaml(text: str, file: str | None = None) -> LocatedData:
         raise SpecError("spec text too large", loc=Location(file, 1, 1),
                         expected=f"at most {MAX_FILE_BYTES:,} bytes", received=f"{len(text):,}")
     try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a --set value of other bytes (lone surrogates)
+        raise SpecError("the text is not UTF-8", loc=Location(file, 1, exc.start + 1),
+                        received=ascii(text[exc.start:exc.start + 20])) from None
+    try:
+        _check_depth(text, file)
         root = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

@@ -143,7 +143,8 @@ def fit_inputs(where, key, x, shape):
     """Rows of the spec's input shape. Shapes that differ only in axes of size 1 fit:
     [N, 40] feeds an input [1, 40] (one channel) and [N, 1, 40] feeds [40]."""
     if x.ndim == 0 or len(x) == 0:
-        raise DataError(f"{where}: {key} is empty", expected=f"[N, {', '.join(map(str, shape))}]")
+        raise DataError(f"{where}: {key} is " + ("a single number" if x.ndim == 0 else "empty"),
+                        expected=f"[N, {', '.join(map(str, shape))}]")
     if tuple(x.shape[1:]) != shape and without_ones(x.shape[1:]) == without_ones(shape):
         x = x.reshape((len(x),) + shape)
     if tuple(x.shape[1:]) != shape:

@@ -26,6 +26,11 @@ def frozen_ids(checked: CheckedGraph, patterns) -> frozenset[str]:
             raise CompileError(f"--freeze {pattern}: no node or block instance of that name",
                                expected="node ids such as " + ", ".join(ids[:4]))
         frozen.update(hits)
+    trainable = [n.id for n in checked.nodes if any(p.trainable for p in n.params.values())]
+    if trainable and all(i in frozen for i in trainable):
+        raise CompileError("--freeze leaves no parameter to train",
+                           expected="some layer with weights left unfrozen (a new head)",
+                           received=" ".join(f"--freeze {p}" for p in patterns))
     return frozenset(frozen)
 
 

@@ -25,8 +25,13 @@ class Recipe(TrainingSection):
             err = exc.errors()[0]
             names = [part for part in err["loc"] if isinstance(part, str)]
             name = names[-1] if names else "training"  # augment.hflip: the flag is --hflip
-            raise SpecError(f"bad value for --{name.replace('_', '-')}: {err['msg']}",
-                            received=repr(err.get("input"))) from None
+            message = err["msg"].removeprefix("Value error, ")
+            # a section's own check (augment, schedule) names its field and what it received;
+            # the section's whole dict after it would only repeat the settings
+            received = None if "received" in message else repr(err.get("input"))
+            what = (f"--{name.replace('_', '-')}" if not isinstance(current.get(name), dict)
+                    else f"the {name} settings")  # a section's check: no flag of that name
+            raise SpecError(f"bad value for {what}: {message}", received=received) from None
 
 
 def recipe_of(spec) -> Recipe:

@@ -16,7 +16,7 @@ from ...spec.expand import flatten
 from ...spec.model import BlockCall
 from ...version import __version__
 from .classes import BlockClasses, indent
-from .code import Namer, camel
+from .code import Namer, camel, doc_text
 from .emit import Helpers
 from .scopes import Scope, build, node_reads, reader_map
 from .writer import Writer
@@ -56,6 +56,7 @@ def instances_by_block(scope: Scope, out: dict | None = None) -> dict[str, list[
 
 
 def header(source: str, name: str, network: str) -> str:
+    name, source = doc_text(name), doc_text(source)
     return f'''"""PyTorch module of the graphcnn spec `{name}` ({source}).
 
 Written by `graphcnn export-torch` (graphcnn {__version__}). Attribute names are the spec's
@@ -76,7 +77,7 @@ from torch import nn'''
 def network_text(name: str, checked, rendered) -> str:
     ins = ", ".join(f"{k} {fmt_shape(s)}" for k, s in checked.inputs.items())
     outs = ", ".join(f"{k} {fmt_shape(checked.shape_of(k))}" for k in checked.outputs)
-    doc = textwrap.fill(f'"""{checked.name}: {ins} -> {outs}."""', 92,
+    doc = textwrap.fill(f'"""{doc_text(f"{checked.name}: {ins} -> {outs}.")}"""', 92,
                         initial_indent="    ", subsequent_indent="    ")
     init = [line.text() for line in rendered.init]
     forward = [line.text() for line in rendered.forward]

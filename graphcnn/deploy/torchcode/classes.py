@@ -8,7 +8,7 @@ from __future__ import annotations
 import keyword
 from dataclasses import dataclass, replace
 
-from .code import (MODULE_ATTRS, SHADOWING, Code, Expr, Hole, Namer, camel, literal, names_in, plain,
+from .code import (MODULE_ATTRS, SHADOWING, Code, Expr, Hole, Namer, camel, doc_text, literal, names_in, plain,
                    substitute_names)
 from .writer import Rendered, channel_names
 
@@ -233,7 +233,7 @@ def class_text(info: ClassInfo, block: str, group: list[_Member], init, forward)
     defaults = group[0].instance.definition.params
     sig = ["self", *info.channels, *(f"{info.python(p)}={literal(defaults[p])}" for p in info.params)]
     body = [f"class {info.name}(nn.Module):",
-            f'    """Block `{block}`: {ids}{count}."""', "",
+            f'    """{doc_text(f"Block `{block}`: {ids}{count}.")}"""', "",
             f"    def __init__({', '.join(sig)}):", "        super().__init__()",
             *indent(init, 8), "",
             f"    def forward({', '.join(['self', *group[0].rendered.params])}):",

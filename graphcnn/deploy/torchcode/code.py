@@ -188,6 +188,14 @@ def symbolic_inside(value) -> bool:
     return isinstance(value, SYMBOLIC)
 
 
+def doc_text(text: str) -> str:
+    """Spec text (a name, an id, the spec's path) made safe inside a docstring: quotes and
+    backslashes escaped, control characters (a NUL) written as escapes. A spec named with
+    three quotes and code after them would otherwise put that code in the written file."""
+    text = str(text).replace("\\", "\\\\").replace('"', '\\"')
+    return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
+
+
 def literal(value) -> str:
     """Python source of a literal value (floats that are not finite through math)."""
     if isinstance(value, float) and not math.isfinite(value):
