@@ -49,7 +49,7 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()
-_written: list[str] = []  # the files the running command has published, in order
+_written: list[str] | None = None  # what the running command has published (None: library use)
 _stop: int | None = None  # a stop signal that reached the running command (cli's handlers)
 
 
@@ -79,7 +79,7 @@ def command_inputs() -> Iterator[None]:
 def written_files() -> list[str]:
     """The outputs the running command has already replaced (an interrupted `train` has
     written its checkpoint every epoch), each once, in the order first written."""
-    return list(dict.fromkeys(_written))
+    return list(dict.fromkeys(_written or ()))
 
 
 def note_input(path: str | Path, updatable: bool = False, whole_folder: bool = False) -> None:
@@ -186,7 +186,8 @@ def _publish(tmp: Path, target: Path, old: os.stat_result | None) -> None:
     else:  # a new one gets what open() gives, whatever its writer chose (onnx's .data: 0600)
         os.chmod(tmp, 0o666 & ~_UMASK)
     os.replace(tmp, target)
-    _written.append(str(target))
+    if _written is not None:
+        _written.append(str(target))
 
 
 @contextlib.contextmanager
