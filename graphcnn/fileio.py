@@ -69,11 +69,12 @@ def stop_signal() -> int | None:
 def command_inputs() -> Iterator[None]:
     """While a command runs: the files it reads (`note_input`), which no output may replace."""
     global _inputs, _written, _stop
-    saved, _inputs, saved_written, _written, _stop = _inputs, [], _written, [], None
+    saved = _inputs, _written, _stop
+    _inputs, _written, _stop = [], [], None
     try:
         yield
     finally:
-        _inputs, _written = saved, saved_written
+        _inputs, _written, _stop = saved  # a stop ends with its command
 
 
 def written_files() -> list[str]:

@@ -83,6 +83,11 @@ def test_deeply_nested_metadata_json(capsys, tmp_path, key):
     Image.new("L", (8, 8)).save(tmp_path / "x.png")
     code, _, err = cli(capsys, "predict", path, tmp_path / "x.png")
     assert code == 1 and "metadata is" in err and str(path) in err, err
+    (tmp_path / "imgs").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "imgs" / "x.png")
+    code, _, err = cli(capsys, "predict", path, "--data", tmp_path / "imgs", "--out",
+                       tmp_path / "rows.csv")
+    assert code == 1 and "metadata is" in err and f"{path}: " in err, err
 
 
 def test_outputs_named_as_savez_keywords_are_all_written(capsys, tmp_path):

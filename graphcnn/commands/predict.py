@@ -26,7 +26,8 @@ def cmd_predict(args) -> int:
         if not is_file(path):
             raise not_an_image_file(Path(path))
     if args.data:
-        return _predict_dataset(args)
+        with about(args.model, args.data, args.out):
+            return _predict_dataset(args)
     with about(args.model, *args.images):
         predictor = Predictor(_model(args), args.provider)
     for note in predictor.notes:
@@ -115,8 +116,7 @@ def _run_local(model, paths, args, layout):
 
     # no spinning: the decoding threads share the cores (ResNet-18, 2 cores: 19.4 s for 400
     # images, 21.5 s spinning during runs)
-    with about(args.model):
-        predictor = Predictor(model, args.provider, spinning="never")
+    predictor = Predictor(model, args.provider, spinning="never")
     for note in predictor.notes:
         warn(note)
     return run_local(predictor, paths, args.out, layout, args.batch)
