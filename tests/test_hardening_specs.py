@@ -26,9 +26,17 @@ def test_yaml_nested_past_the_c_composers_stack(capsys, tmp_path):
     (exit 139, nothing printed); the depth is now counted on the event stream first."""
     path = spec(tmp_path, "[" * 30_000 + "]" * 30_000 + "\n")
     code, err = cli(capsys, "check", path)
-    assert code == 1 and f"{path}:1:65: YAML nesting too deep; expected at most 64" in err, err
+    assert code == 1 and too_deep(err) and f"{path}:1:" in err, err
     code, err = cli(capsys, "check", path, "--set", "name=" + "[" * 30_000 + "]" * 30_000)
-    assert code == 1 and "YAML nesting too deep" in err, err
+    assert code == 1 and too_deep(err), err
+    path = spec(tmp_path, "[" * 100 + "]" * 100 + "\n", "hundred.yaml")
+    code, err = cli(capsys, "check", path)
+    assert code == 1 and f"{path}:1:65: YAML nesting too deep; expected at most 64" in err, err
+
+
+def too_deep(err: str) -> bool:
+    """Ours at level 65; PyYAML 6.0.4's LibYAML stops at 1,000 itself while it scans ahead."""
+    return "YAML nesting too deep" in err or "exceeded maximum nesting depth" in err
 
 
 @pytest.mark.parametrize("op", ["[relu]", "{relu: 1}"])
