@@ -21,7 +21,8 @@ def cmd_predict(args) -> int:
     from ..runtime import resolve_provider
 
     _check_args(args)
-    resolve_provider(args.provider)  # before the model: an error about the machine
+    if args.engine == "local":  # Ray's actors may run where this machine's providers are not
+        resolve_provider(args.provider)  # before the model: an error about the machine
     for path in args.images:  # before a spec is compiled: a typo should fail at once
         if not is_file(path):
             raise not_an_image_file(Path(path))
