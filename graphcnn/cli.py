@@ -107,31 +107,26 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-def _raise_terminated(signum, frame):
+def _raise_stop(signum, frame):
+    """Ctrl-C raises KeyboardInterrupt, SIGTERM and SIGHUP Terminated; noted first, since
+    Python swallows an exception raised inside a weakref callback or __del__."""
     from .fileio import note_stop
 
     note_stop(signum)
-    raise Terminated(signum)
-
-
-def _raise_interrupt(signum, frame):
-    from .fileio import note_stop
-
-    note_stop(signum)
-    raise KeyboardInterrupt
+    raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
 
 
 @contextlib.contextmanager
 def signals_as_interrupts():
     """SIGTERM and SIGHUP raise Terminated while a command runs (their default, dying at once,
-    left the hidden temporary of an output behind); the previous handlers come back after."""
+    left the hidden temporary of an output behind), and each of them and Ctrl-C is noted
+    (_raise_stop); the previous handlers come back after."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():  # only it may set handlers
         yield
         return
-    saved = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
-    saved[signal.SIGINT] = signal.signal(signal.SIGINT, _raise_interrupt)
+    saved = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import OutputError
+from .errors import OutputError, RunError
 
 
 class OutputPath(str):
@@ -210,6 +210,20 @@ def write_bytes_atomic(target: str | Path, data: bytes) -> None:
 
 def write_text_atomic(target: str | Path, text: str) -> None:
     write_bytes_atomic(target, text.encode("utf-8"))
+
+
+def existing_file(path: str | Path, kind: str = "file", error: type = RunError) -> Path:
+    """The path of a regular file that is there (a model, its inputs, an image), or the error
+    (`error`, default RunError) that says what it is instead: a folder, a FIFO or a device
+    would be read forever; a name the system refuses is not there."""
+    p = Path(path)
+    if is_file(p):
+        return p
+    if not exists(p):
+        raise error(f"no such {kind}: {path}")
+    raise error(f"{path} is " + ("a folder" if p.is_dir() else
+                                 "not a regular file (a FIFO, socket or device)"),
+                expected="a file")
 
 
 def is_file(path: str | Path) -> bool:

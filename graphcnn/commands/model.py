@@ -19,9 +19,9 @@ def cmd_compile(args) -> int:
 
     spec = load_spec(args.spec)
     checked = check_spec(spec, limits(args))
-    resolve_provider(args.provider)  # an unknown or absent provider fails before lowering
+    chosen = resolve_provider(args.provider)[0]  # an unknown or absent one fails before lowering
     if args.training:
-        return _compile_training(args, spec, checked)
+        return _compile_training(args, spec, checked, chosen)
     opts = ExportOptions(seed=args.seed, opset=args.opset, batch=args.batch, weights=args.weights,
                          **weights_options(args), fold_preprocess=args.fold_preprocess,
                          fold_bn=args.fold_bn, precision=args.precision or "fp32",
@@ -30,7 +30,7 @@ def cmd_compile(args) -> int:
                          dynamic=tuple(a for a in (args.dynamic or "").split(",") if a))
     # checked.spec: without labels that --set left stale (api.check_spec)
     model, notes = export_to_file(checked, self_contained_text(checked.spec), opts, args.output)
-    for note in notes + _provider_note(args.provider, opts.precision):
+    for note in notes + _provider_note(args.provider, chosen, opts.precision):
         out(note)
     out(f"wrote {args.output}: {checked.reaching_outputs().total_params:,} parameters, opset "
         f"{model.opset_import[0].version}, {len(model.graph.node)} ONNX nodes")
@@ -68,18 +68,17 @@ def _compile_args(p):
                    help="spatial axes left symbolic in the model, e.g. H,W (see graphcnn sizes)")
 
 
-def _provider_note(provider: str, precision: str) -> list[str]:
+def _provider_note(provider: str, chosen: str, precision: str) -> list[str]:
     """--provider only decides where half-precision compute goes: say so when it changed
-    nothing, rather than let the user believe the file is now specific to that provider."""
-    from ..runtime.sessions import resolve_provider
-
-    if precision != "fp32" or resolve_provider(provider)[0] == "CPUExecutionProvider":
+    nothing, rather than let the user believe the file is now specific to that provider.
+    `chosen`: the onnxruntime provider the flag resolved to."""
+    if precision != "fp32" or chosen == "CPUExecutionProvider":
         return []
     return [f"--provider {provider}: only a --precision fp16/bf16 model is built for a provider; "
             "this fp32 model runs the same on any"]
 
 
-def _compile_training(args, spec, checked) -> int:
+def _compile_training(args, spec, checked, chosen: str) -> int:
     """`compile --training`: the training-step model of the spec's recipe (--batch overrides
     the recipe's batch)."""
     from ..train.job import save_training_step
@@ -92,7 +91,7 @@ def _compile_training(args, spec, checked) -> int:
         f"{len(step.model.graph.node)} ONNX nodes")
     if step.report is not None:
         out(step.report.line())
-    for note in _provider_note(args.provider, recipe.precision):
+    for note in _provider_note(args.provider, chosen, recipe.precision):
         out(note)
     scalars = [o.name for o in step.model.graph.output if not o.name.endswith(".new")]
     out("inputs: " + ", ".join(i.name for i in step.model.graph.input[:5]) + ", then each "
@@ -164,9 +163,8 @@ def _input_dtype(ort_type: str) -> str | None:
 
 
 def _save_outputs(path: str, outputs: dict) -> None:
-    from ..fileio import write_atomic
-
     from ..checkpoints import npz_io
+    from ..fileio import write_atomic
 
     def save_one(tmp) -> None:
         with open(tmp, "wb") as fh:  # a file object: np.save would add .npy to a name

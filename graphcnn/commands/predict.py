@@ -5,11 +5,9 @@ Ray (`--engine ray`, deploy/ray_job.py); both run the model through deploy/predi
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from ..errors import RunError, about
-from ..fileio import OutputPath, is_file
-from ..runtime.images import not_an_image_file
+from ..errors import DataError, RunError, about
+from ..fileio import OutputPath, existing_file
 from .args import spec_positional, weights_args, weights_options
 from .output import out, print_json
 from .registry import command, configure
@@ -24,8 +22,7 @@ def cmd_predict(args) -> int:
     if args.engine == "local":  # Ray's actors may run where this machine's providers are not
         resolve_provider(args.provider)  # before the model: an error about the machine
     for path in args.images:  # before a spec is compiled: a typo should fail at once
-        if not is_file(path):
-            raise not_an_image_file(Path(path))
+        existing_file(path, "image", DataError)
     if args.data:
         with about(args.model, args.data, args.out):
             return _predict_dataset(args)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..fileio import exists, is_file
+from ..fileio import existing_file
 
 MAX_PIXELS = 200_000_000
 Size = tuple[int, int]
@@ -96,8 +96,8 @@ def open_image(path: str | Path, mode: str = "RGB", data: bytes | None = None):
     from PIL import Image
 
     path = Path(path)
-    if data is None and not is_file(path):
-        raise not_an_image_file(path)
+    if data is None:
+        existing_file(path, "image", DataError)
     source = io.BytesIO(data) if data is not None else path
     try:
         with warnings.catch_warnings():  # the size is checked here, against MAX_PIXELS
@@ -117,14 +117,6 @@ def open_image(path: str | Path, mode: str = "RGB", data: bytes | None = None):
     except Exception as exc:  # Pillow raises OSError, SyntaxError, struct.error ... on bad files
         text = str(exc).replace(repr(source), repr(str(path)))  # bytes or file: one message
         raise DataError(f"cannot read image {path}: {text or type(exc).__name__}") from None
-
-
-def not_an_image_file(path: Path) -> DataError:
-    """The error for a path that is no regular file: missing, or a folder, FIFO, device."""
-    if not exists(path):
-        return DataError(f"no such image: {path}")
-    return DataError(f"image {path} is not a regular file", expected="an image file",
-                     received="a folder" if Path(path).is_dir() else "a FIFO, socket or device")
 
 
 def _eight_bit(im):

@@ -4,22 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import RunError
+from ..fileio import existing_file
 from .external import check_external_data as check_external_paths
 
 # protobuf cannot parse a message over 2 GiB: a bigger model keeps its weights in external data
 MAX_MODEL_BYTES = 2 << 30
-
-
-def existing_file(path: str | Path) -> Path:
-    """The path of a regular file that is there (a model, its inputs), or the error that says
-    what it is instead (a folder, a FIFO or a device would be read forever)."""
-    p = Path(path)
-    if p.is_dir() or (p.exists() and not p.is_file()):
-        raise RunError(f"{path} is " + ("a folder" if p.is_dir() else "not a regular file"),
-                       expected="a file")
-    if not p.is_file():
-        raise RunError(f"no such file: {path}")
-    return p
 
 
 def load_model(path: str | Path, with_data: bool = True):
